@@ -1,0 +1,71 @@
+# Pontoon — build, test, demo and benchmark entry points.
+#
+#   make demo    two pods on a real bridge through the CNI protocol
+#   make test    the whole test suite (root; real namespaces)
+#   make bench   Pontoon vs the reference bridge plugin, side by side
+#
+# Every target installs what it needs first (`make deps`): Debian packages
+# through apt and Deno (pinned in package.json) through `npm ci`.
+
+SHELL := /bin/bash
+DENO := $(CURDIR)/node_modules/@deno/linux-x64-glibc/deno
+ifeq ($(shell uname -m),aarch64)
+DENO := $(CURDIR)/node_modules/@deno/linux-arm64-glibc/deno
+endif
+SOURCES := main.ts $(wildcard lib/*.ts) deno.json
+# The plugin needs no network permission: it talks to the agent over a unix socket.
+PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow-ffi
+APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
+	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod
+
+.PHONY: all deps build compile test test-unit demo bench soak fmt lint check clean
+
+all: build
+
+deps: node_modules/.installed
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+build: deps dist/pontoon
+
+dist/pontoon: $(SOURCES) scripts/launcher.sh node_modules/.installed
+	rm -rf dist && mkdir -p dist/lib
+	$(DENO) bundle --quiet --code-splitting --platform deno --format esm --outdir dist/lib main.ts
+	ln -f $(DENO) dist/deno 2>/dev/null || cp $(DENO) dist/deno
+	sed -e 's|@PERMISSIONS@|$(PLUGIN_PERMISSIONS)|' scripts/launcher.sh > dist/pontoon.tmp
+	chmod 755 dist/pontoon.tmp && mv dist/pontoon.tmp dist/pontoon
+	@echo "built dist/pontoon"
+
+# A self-contained binary. Needs the Deno runtime download (denort), which
+# these machines cannot reach; see README "Building a single binary".
+compile: deps
+	@mkdir -p dist
+	$(DENO) compile --no-prompt $(PLUGIN_PERMISSIONS) --allow-net=127.0.0.1,localhost \
+		--include lib/cli.ts --output dist/pontoon-bin main.ts \
+	|| { echo; echo "make compile: deno compile could not fetch its runtime (denort) from dl.deno.land."; \
+	     echo "Run it on a machine that reaches dl.deno.land, or set DENORT_BIN to a denort binary."; exit 1; }
+
+test: build
+	@bash scripts/run-tests.sh $(DENO) tests/
+
+demo: build
+	@bash scripts/demo.sh
+
+fmt: deps
+	$(DENO) fmt
+
+lint: deps
+	$(DENO) lint
+
+check: deps
+	$(DENO) check main.ts lib/*.ts tests/*.ts
+
+clean:
+	rm -rf dist tests/.work

@@ -1,0 +1,296 @@
+/**
+ * The node's bridge and each pod's veth pair: naming, creation, pod-side
+ * addressing and inspection. Commands are built as data and sent through
+ * `ip.ts`; link facts are read from sysfs without spawning.
+ *
+ * @module
+ */
+import { type Cidr, contains, formatCidr, formatIp, type Ip, parseCidr } from "./addr.ts";
+import { CniError, ErrorCode } from "./errors.ts";
+import { type IpCommand, IpError, runBatch, runBatchOrThrow, runBridgeBatch, showJson, showJsonMany } from "./ip.ts";
+import { markerMatches, writeMarker } from "./nodestate.ts";
+import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin } from "./sysfs.ts";
+
+/** Prefix of every host-side veth Pontoon creates. */
+export const HOST_VETH_PREFIX = "pn";
+
+/** 64-bit FNV-1a of a string, as 16 hex digits. */
+function fnv1a64(text: string): string {
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(text)) {
+    hash ^= BigInt(byte);
+    hash = (hash * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash.toString(16).padStart(16, "0");
+}
+
+/** The host-side veth name for an attachment: deterministic, 14 bytes. */
+export function hostVethName(containerId: string, ifname: string): string {
+  return HOST_VETH_PREFIX + fnv1a64(`${containerId}\n${ifname}`).slice(0, 12);
+}
+
+/** A stable, locally administered unicast MAC derived from `seed`. */
+export function stableMac(seed: string): string {
+  const hex = fnv1a64(seed);
+  const bytes = [0x02, ...[0, 2, 4, 6, 8].map((i) => parseInt(hex.slice(i, i + 2), 16))];
+  return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/** A random locally administered unicast MAC. */
+export function randomMac(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(6));
+  bytes[0] = (bytes[0] & 0xfc) | 0x02;
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/** How the node's bridge must look. */
+export interface BridgeSpec {
+  name: string;
+  mtu: number;
+  /** Gateway addresses with their subnet prefix (empty when not a gateway). */
+  gateways: Cidr[];
+  promisc: boolean;
+  forceAddress: boolean;
+  vlan?: number;
+  /** Turn on IPv4/IPv6 forwarding for these families. */
+  forwardFamilies: (4 | 6)[];
+}
+
+/**
+ * Makes sure the bridge exists, is up and holds the gateway addresses; sets
+ * node sysctls. Fast when a marker says this was already done for the same
+ * bridge (same ifindex) and spec. Safe when many ADDs race on a fresh node.
+ * Returns the bridge's MAC.
+ */
+export async function ensureBridge(spec: BridgeSpec): Promise<string> {
+  const key = JSON.stringify({ ...spec, gateways: spec.gateways.map(formatCidr) });
+  const index = linkIndex(spec.name);
+  if (index !== null && markerMatches("bridge", spec.name, `${index} ${key}`)) {
+    return linkMac(spec.name) ?? "";
+  }
+  if (index === null) await createBridge(spec);
+  if (!isBridge(spec.name)) {
+    throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
+  }
+  const commands: IpCommand[] = [["link", "set", spec.name, "up"]];
+  if (spec.promisc) commands.push(["link", "set", spec.name, "promisc", "on"]);
+  commands.push(...await gatewayCommands(spec));
+  await runBatchOrThrow(commands);
+  if (spec.vlan) {
+    await runBridgeBatch([["vlan", "add", "dev", spec.name, "vid", String(spec.vlan), "self", "pvid", "untagged"]]);
+  }
+  setNodeSysctls(spec.forwardFamilies);
+  writeMarker("bridge", spec.name, `${linkIndex(spec.name)} ${key}`);
+  return linkMac(spec.name) ?? "";
+}
+
+async function createBridge(spec: BridgeSpec): Promise<void> {
+  const add = [
+    "link",
+    "add",
+    "name",
+    spec.name,
+    "address",
+    stableMac(`bridge:${spec.name}`),
+    "mtu",
+    String(spec.mtu),
+    "type",
+    "bridge",
+  ];
+  if (spec.vlan) add.push("vlan_filtering", "1");
+  const result = await runBatch([add]);
+  // Another ADD may have created it a moment ago: that is success too.
+  if (!result.ok && !isBridge(spec.name)) {
+    throw new CniError(ErrorCode.SystemFailure, `cannot create bridge ${spec.name}: ${result.stderr.trim()}`);
+  }
+}
+
+interface AddrInfo {
+  family: string;
+  local: string;
+  prefixlen: number;
+  scope: string;
+}
+
+async function gatewayCommands(spec: BridgeSpec): Promise<IpCommand[]> {
+  if (spec.gateways.length === 0) return [];
+  const [link] = await showJson<{ addr_info?: AddrInfo[] }>(["addr", "show", "dev", spec.name]);
+  const present = (link?.addr_info ?? []).filter((a) => a.scope !== "link")
+    .map((a) => parseCidr(`${a.local}/${a.prefixlen}`)!).filter((c) => c !== null);
+  const commands: IpCommand[] = [];
+  for (const gw of spec.gateways) {
+    if (present.some((p) => p.family === gw.family && p.value === gw.value && p.prefix === gw.prefix)) continue;
+    for (const other of present) {
+      if (other.family !== gw.family || !(contains(other, gw) || contains(gw, other))) continue;
+      if (!spec.forceAddress) {
+        throw new CniError(
+          ErrorCode.SystemFailure,
+          `bridge ${spec.name} already has address ${formatCidr(other)}, not ${
+            formatCidr(gw)
+          } (set forceAddress to replace it)`,
+        );
+      }
+      commands.push(["addr", "del", formatCidr(other), "dev", spec.name]);
+    }
+    commands.push(["addr", "replace", formatCidr(gw), "dev", spec.name, ...(gw.family === 6 ? ["nodad"] : [])]);
+  }
+  return commands;
+}
+
+function setNodeSysctls(families: (4 | 6)[]): void {
+  if (families.includes(4)) ensureSysctl("net.ipv4.ip_forward", "1");
+  if (families.includes(6)) ensureSysctl("net.ipv6.conf.all.forwarding", "1");
+  // Present only when br_netfilter is loaded; kube-proxy needs bridged
+  // traffic to traverse iptables.
+  ensureSysctl("net.bridge.bridge-nf-call-iptables", "1");
+  ensureSysctl("net.bridge.bridge-nf-call-ip6tables", "1");
+}
+
+/** One veth pair between the bridge and a pod. */
+export interface VethSpec {
+  host: string;
+  hostMac: string;
+  pod: string;
+  podMac: string;
+  netns: string;
+  bridge: string;
+  mtu: number;
+  hairpin: boolean;
+  vlan?: number;
+}
+
+/**
+ * Creates the veth pair in one netlink request: host end on the bridge and
+ * up, pod end named `pod` inside the netns. Fails with code 103 when the
+ * pod already has an interface of that name.
+ */
+export async function addVeth(spec: VethSpec): Promise<void> {
+  const result = await runBatch([[
+    "link",
+    "add",
+    spec.host,
+    "mtu",
+    String(spec.mtu),
+    "address",
+    spec.hostMac,
+    "master",
+    spec.bridge,
+    "up",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    spec.pod,
+    "mtu",
+    String(spec.mtu),
+    "address",
+    spec.podMac,
+    "netns",
+    spec.netns,
+  ]]);
+  if (!result.ok) {
+    if (/File exists/.test(result.stderr)) {
+      throw new CniError(
+        ErrorCode.InterfaceExists,
+        linkExists(spec.host)
+          ? `host interface ${spec.host} already exists`
+          : `interface ${spec.pod} already exists in ${spec.netns}`,
+      );
+    }
+    throw new CniError(ErrorCode.SystemFailure, `cannot create veth ${spec.host}: ${result.stderr.trim()}`);
+  }
+  if (spec.hairpin) setHairpin(spec.host, true);
+  if (spec.vlan) {
+    const vid = String(spec.vlan);
+    await runBridgeBatch([
+      ["vlan", "add", "dev", spec.host, "vid", vid, "pvid", "untagged"],
+      ["vlan", "del", "dev", spec.host, "vid", "1"],
+    ]);
+  }
+}
+
+/** Deletes a host veth (its pod end goes with it); absent is fine. */
+export async function removeVeth(host: string): Promise<void> {
+  if (!linkExists(host)) return;
+  const result = await runBatch([["link", "del", host]]);
+  if (!result.ok && linkExists(host)) {
+    throw new IpError(["link", "del", host], result.stderr);
+  }
+}
+
+/** Deletes several host veths in one spawn, tolerating ones already gone. */
+export async function removeVeths(hosts: string[]): Promise<void> {
+  const present = hosts.filter(linkExists);
+  if (present.length === 0) return;
+  await runBatch(present.map((h) => ["link", "del", h]), { force: true });
+  const left = present.filter(linkExists);
+  if (left.length > 0) throw new CniError(ErrorCode.SystemFailure, `cannot delete ${left.join(", ")}`);
+}
+
+/** A route for the pod's routing table. */
+export interface PodRouteSpec {
+  dst: Cidr;
+  gw?: Ip;
+}
+
+/** What to configure inside the pod. */
+export interface PodSpec {
+  netns: string;
+  ifname: string;
+  addresses: Cidr[];
+  routes: PodRouteSpec[];
+  /** Run duplicate address detection on IPv6 addresses. */
+  dad: boolean;
+}
+
+/** The pod-side `ip` commands: addresses, link up, routes. */
+export function podCommands(spec: PodSpec): IpCommand[] {
+  const commands: IpCommand[] = spec.addresses.map((a) => [
+    "addr",
+    "add",
+    formatCidr(a),
+    "dev",
+    spec.ifname,
+    ...(a.family === 6 && !spec.dad ? ["nodad"] : []),
+  ]);
+  commands.push(["link", "set", spec.ifname, "up"]);
+  for (const r of spec.routes) {
+    const dst = r.dst.prefix === 0 ? (r.dst.family === 4 ? "0.0.0.0/0" : "::/0") : formatCidr(r.dst);
+    commands.push(["route", "add", dst, ...(r.gw ? ["via", formatIp(r.gw)] : []), "dev", spec.ifname]);
+  }
+  return commands;
+}
+
+/** Configures the pod side in one `ip -batch` run inside its netns. */
+export async function configurePod(spec: PodSpec): Promise<void> {
+  await runBatchOrThrow(podCommands(spec), { netns: spec.netns });
+}
+
+/** What CHECK sees inside the pod. */
+export interface PodView {
+  exists: boolean;
+  mac?: string;
+  addresses: Cidr[];
+  routes: { dst: string; gateway?: string; dev?: string }[];
+}
+
+/** Reads the pod interface's addresses and the pod's main routes in one spawn. */
+export async function inspectPod(netns: string, ifname: string): Promise<PodView> {
+  const [links, routes] = await showJsonMany(
+    [["addr", "show", "dev", ifname], ["route", "show", "table", "all"]],
+    { netns },
+  ) as [
+    { address?: string; addr_info?: AddrInfo[] }[],
+    { dst: string; gateway?: string; dev?: string; table?: string }[],
+  ];
+  const link = links[0];
+  if (!link) return { exists: false, addresses: [], routes: [] };
+  return {
+    exists: true,
+    mac: link.address,
+    addresses: (link.addr_info ?? []).map((a) => parseCidr(`${a.local}/${a.prefixlen}`)).filter((c): c is Cidr =>
+      c !== null
+    ),
+    routes: routes.filter((r) => r.table === undefined),
+  };
+}

@@ -1,0 +1,73 @@
+/**
+ * nftables through `nft`: one masquerade table per network.
+ *
+ * The rule set is per network, not per pod: pod egress from the network's
+ * subnets to anywhere outside them (and outside multicast) is
+ * masqueraded. ADD only makes sure the table exists, DEL has nothing to
+ * undo, and no rule ever names a pod, so nothing can leak when DEL comes
+ * after the netns is gone. Installing replaces the whole table in one nft
+ * transaction, so concurrent ADDs converge on the same content.
+ *
+ * @module
+ */
+import { type Cidr, formatCidr } from "./addr.ts";
+
+/** The nft table owning a network's masquerade rules. */
+export function masqueradeTable(network: string): string {
+  // Network names match [A-Za-z0-9][A-Za-z0-9_.-]*, valid after a letter prefix.
+  return `pontoon-${network}`;
+}
+
+/** The nft script that (re)creates a network's masquerade table atomically. */
+export function masqueradeScript(network: string, subnets: Cidr[]): string {
+  const table = `inet ${masqueradeTable(network)}`;
+  const rules = subnets.map((s) => {
+    const fam = s.family === 4 ? "ip" : "ip6";
+    const mcast = s.family === 4 ? "224.0.0.0/4" : "ff00::/8";
+    const net = formatCidr(s);
+    return `    ${fam} saddr ${net} ${fam} daddr != ${net} ${fam} daddr != ${mcast} counter masquerade`;
+  });
+  return [
+    `table ${table} {}`,
+    `delete table ${table}`,
+    `table ${table} {`,
+    `  comment "Pontoon: masquerade egress of CNI network ${network}"`,
+    `  chain postrouting {`,
+    `    type nat hook postrouting priority srcnat; policy accept;`,
+    ...rules,
+    `  }`,
+    `}`,
+    "",
+  ].join("\n");
+}
+
+const decoder = new TextDecoder();
+
+/** Runs `nft` with a script on stdin; throws with nft's message on failure. */
+export async function runNftScript(script: string): Promise<void> {
+  const child = new Deno.Command("nft", { args: ["-f", "-"], stdin: "piped", stdout: "null", stderr: "piped" }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(script));
+  await writer.close();
+  const out = await child.output();
+  if (!out.success) throw new Error(`nft: ${decoder.decode(out.stderr).trim()}`);
+}
+
+/** Runs `nft` with arguments and returns stdout, or null when it fails. */
+export async function nftOutput(args: string[]): Promise<string | null> {
+  const out = await new Deno.Command("nft", { args, stdout: "piped", stderr: "null" }).output();
+  return out.success ? decoder.decode(out.stdout) : null;
+}
+
+/** True when the network's masquerade table exists with a rule per subnet. */
+export async function masqueradeInstalled(network: string, subnets: Cidr[]): Promise<boolean> {
+  const text = await nftOutput(["list", "table", "inet", masqueradeTable(network)]);
+  if (text === null) return false;
+  return subnets.every((s) => text.includes(`saddr ${formatCidr(s)} `));
+}
+
+/** Removes a network's masquerade table (absent is fine). */
+export async function removeMasquerade(network: string): Promise<void> {
+  const table = `inet ${masqueradeTable(network)}`;
+  await runNftScript(`table ${table} {}\ndelete table ${table}\n`);
+}

@@ -1,0 +1,53 @@
+/**
+ * Markers for per-node work done once: "the bridge is set up like this",
+ * "the masquerade table holds this". A marker lives in /run (gone after a
+ * reboot) and is keyed by the node's network namespace, so several
+ * simulated nodes on one machine never share one.
+ *
+ * A marker only skips work; when it is missing or different, the caller
+ * does the work again, idempotently.
+ *
+ * @module
+ */
+
+/** Directory holding the markers. */
+export const STATE_DIR = "/run/pontoon/state";
+
+const decoder = new TextDecoder();
+let nsKey: string | undefined;
+
+function namespaceKey(): string {
+  nsKey ??= String(Deno.statSync("/proc/thread-self/ns/net").ino);
+  return nsKey;
+}
+
+function markerPath(kind: string, name: string): string {
+  return `${STATE_DIR}/${namespaceKey()}-${kind}-${name}`;
+}
+
+/** True when the marker `kind/name` holds exactly `value`. */
+export function markerMatches(kind: string, name: string, value: string): boolean {
+  try {
+    return decoder.decode(Deno.readFileSync(markerPath(kind, name))) === value;
+  } catch {
+    return false;
+  }
+}
+
+/** Records `value` for `kind/name` (atomically; failures only cost a redo). */
+export function writeMarker(kind: string, name: string, value: string): void {
+  try {
+    Deno.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
+    const path = markerPath(kind, name);
+    const tmp = `${path}.tmp-${Deno.pid}`;
+    Deno.writeFileSync(tmp, new TextEncoder().encode(value), { mode: 0o600 });
+    Deno.renameSync(tmp, path);
+  } catch { /* a missing marker only means the work is redone next time */ }
+}
+
+/** Removes the marker `kind/name`. */
+export function clearMarker(kind: string, name: string): void {
+  try {
+    Deno.removeSync(markerPath(kind, name));
+  } catch { /* already gone */ }
+}

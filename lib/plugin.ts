@@ -1,0 +1,462 @@
+/**
+ * The CNI verbs, each a short pipeline: validate → reserve → wire → report,
+ * with its undo beside it. `runPlugin` is the one place errors become the
+ * spec's JSON error document.
+ *
+ * @module
+ */
+import { canonicalNetwork, type Cidr, type Family, formatIp, type Ip, parseCidr, parseIp } from "./addr.ts";
+import {
+  addVeth,
+  configurePod,
+  ensureBridge,
+  HOST_VETH_PREFIX,
+  hostVethName,
+  inspectPod,
+  randomMac,
+  removeVeth,
+  removeVeths,
+} from "./bridge.ts";
+import { type CniEnv, compareVersions, readCniEnv, SUPPORTED_VERSIONS } from "./cni.ts";
+import { BUILTIN_IPAM, type BuiltinIpam, decodeConfig, isMac, loadNetConf, type NetConf } from "./config.ts";
+import { findPlugin, runDelegate } from "./delegate.ts";
+import { asCniError, CniError, ErrorCode } from "./errors.ts";
+import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.ts";
+import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
+import { configureLog, log, setLogContext } from "./log.ts";
+import { isOwnNetns, netnsProblem } from "./netns.ts";
+import { markerMatches, writeMarker } from "./nodestate.ts";
+import { fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
+import { bridgePorts, defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
+
+/** What one invocation prints and its exit code. */
+export interface PluginOutput {
+  stdout: string;
+  code: number;
+}
+
+/** Everything a verb needs: the validated env and config. */
+interface Invocation {
+  env: CniEnv;
+  conf: NetConf;
+}
+
+/** Addresses and routes from IPAM, in the internal result shape. */
+interface IpamOutcome {
+  ips: { address: Cidr; gateway?: Ip }[];
+  routes: { dst: Cidr; gw?: Ip }[];
+  dns?: Result["dns"];
+  /** Undoes the reservation (only when this ADD made it). */
+  undo?: () => Promise<void>;
+}
+
+/** Test-only fault injection point (PONTOON_TEST_FAULT=<point>). */
+function faultPoint(name: string): void {
+  if (Deno.env.get("PONTOON_TEST_FAULT") === name) {
+    throw new CniError(ErrorCode.SystemFailure, `injected fault at ${name}`);
+  }
+}
+
+// ---------------------------------------------------------------- ADD
+
+async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
+  requireUsableNetns(env);
+  const host = hostVethName(env.containerId, env.ifname);
+  if (linkExists(host)) {
+    throw new CniError(
+      ErrorCode.InterfaceExists,
+      `${env.ifname} of container ${env.containerId} is already attached (host veth ${host})`,
+    );
+  }
+  const podMac = chooseMac(env, conf);
+  const undo: (() => Promise<void>)[] = [];
+  try {
+    const ipam = await reserveIpam(env, conf);
+    if (ipam.undo) undo.push(ipam.undo);
+    faultPoint("after-reserve");
+
+    const mtu = conf.mtu ?? defaultRouteMtu();
+    const families = [...new Set(ipam.ips.map((i) => i.address.family))];
+    const bridgeMac = await ensureBridge({
+      name: conf.bridge,
+      mtu,
+      gateways: conf.isGateway ? gatewayAddresses(ipam) : [],
+      promisc: conf.promiscMode,
+      forceAddress: conf.forceAddress,
+      vlan: conf.vlan,
+      forwardFamilies: conf.isGateway ? families : [],
+    });
+    if (conf.ipMasq) await ensureMasquerade(conf, ipam);
+
+    const hostMac = randomMac();
+    await addVeth({
+      host,
+      hostMac,
+      pod: env.ifname,
+      podMac,
+      netns: env.netns,
+      bridge: conf.bridge,
+      mtu,
+      hairpin: conf.hairpinMode,
+      vlan: conf.vlan,
+    });
+    undo.push(() => removeVeth(host));
+    faultPoint("after-veth");
+
+    const routes = podRoutes(conf, ipam);
+    await configurePod({
+      netns: env.netns,
+      ifname: env.ifname,
+      addresses: ipam.ips.map((i) => i.address),
+      routes,
+      dad: conf.enableDad,
+    });
+    faultPoint("after-pod");
+
+    return {
+      cniVersion: conf.cniVersion,
+      interfaces: [
+        { name: conf.bridge, mac: bridgeMac, mtu },
+        { name: host, mac: hostMac, mtu },
+        { name: env.ifname, mac: podMac, mtu, sandbox: env.netns },
+      ],
+      ips: ipam.ips.map((i) => ({
+        address: `${formatIp(i.address)}/${i.address.prefix}`,
+        gateway: i.gateway ? formatIp(i.gateway) : undefined,
+        interface: 2,
+      })),
+      routes: routes.map(toResultRoute),
+      dns: { ...(conf.raw.dns as Result["dns"] ?? {}), ...(ipam.dns ?? {}) },
+    };
+  } catch (err) {
+    for (const step of undo.reverse()) {
+      await step().catch((e) => log("error", "undo step failed", { error: String(e) }));
+    }
+    throw err;
+  }
+}
+
+function requireUsableNetns(env: CniEnv): void {
+  const problem = netnsProblem(env.netns);
+  if (problem) throw new CniError(ErrorCode.InvalidEnvironment, `CNI_NETNS ${env.netns} ${problem}`);
+  if (!env.netnsOverride && isOwnNetns(env.netns)) {
+    throw new CniError(ErrorCode.InvalidNetns, `CNI_NETNS ${env.netns} is the plugin's own network namespace`);
+  }
+}
+
+function chooseMac(env: CniEnv, conf: NetConf): string {
+  // CONVENTIONS: runtimeConfig (a capability) is preferred to CNI_ARGS.
+  const requested = conf.requestedMac ?? env.args.mac;
+  if (requested === undefined) return randomMac();
+  if (!isMac(requested)) {
+    throw new CniError(ErrorCode.InvalidEnvironment, `CNI_ARGS: MAC "${requested}" is not a unicast MAC address`);
+  }
+  return requested.toLowerCase();
+}
+
+function gatewayAddresses(ipam: IpamOutcome): Cidr[] {
+  const seen = new Set<string>();
+  const out: Cidr[] = [];
+  for (const i of ipam.ips) {
+    if (!i.gateway) continue;
+    const gw = { ...i.gateway, prefix: i.address.prefix };
+    const key = `${formatIp(gw)}/${gw.prefix}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push(gw);
+    }
+  }
+  return out;
+}
+
+function podRoutes(conf: NetConf, ipam: IpamOutcome): { dst: Cidr; gw?: Ip }[] {
+  const gatewayOf = (family: Family) => ipam.ips.find((i) => i.address.family === family && i.gateway)?.gateway;
+  const routes = ipam.routes.map((r) => ({ dst: r.dst, gw: r.gw ?? gatewayOf(r.dst.family) }));
+  if (conf.isDefaultGateway) {
+    for (const family of new Set(ipam.ips.map((i) => i.address.family))) {
+      const gw = gatewayOf(family);
+      if (gw && !routes.some((r) => r.dst.prefix === 0 && r.dst.family === family)) {
+        routes.push({ dst: { family, value: 0n, prefix: 0 }, gw });
+      }
+    }
+  }
+  return routes;
+}
+
+function toResultRoute(r: { dst: Cidr; gw?: Ip }): ResultRoute {
+  const dst = r.dst.prefix === 0 ? (r.dst.family === 4 ? "0.0.0.0/0" : "::/0") : `${formatIp(r.dst)}/${r.dst.prefix}`;
+  return r.gw ? { dst, gw: formatIp(r.gw) } : { dst };
+}
+
+async function ensureMasquerade(conf: NetConf, ipam: IpamOutcome): Promise<void> {
+  const subnets = conf.ipam.type === BUILTIN_IPAM
+    ? (conf.ipam as BuiltinIpam).rangeSets.flat().map((r) => r.subnet)
+    : ipam.ips.map((i) => canonicalNetwork(i.address));
+  const script = masqueradeScript(conf.name, subnets);
+  if (markerMatches("masq", conf.name, script)) return;
+  await runNftScript(script);
+  writeMarker("masq", conf.name, script);
+}
+
+// ------------------------------------------------------------- IPAM
+
+function builtinStore(conf: NetConf): IpamStore {
+  return new IpamStore((conf.ipam as BuiltinIpam).dataDir, conf.name);
+}
+
+async function reserveIpam(env: CniEnv, conf: NetConf): Promise<IpamOutcome> {
+  if (conf.ipam.type !== BUILTIN_IPAM) return await reserveDelegated(env, conf);
+  const ipam = conf.ipam as BuiltinIpam;
+  const store = builtinStore(conf);
+  const attachment = { containerId: env.containerId, ifname: env.ifname };
+  // CONVENTIONS: `args`/runtimeConfig win over CNI_ARGS.
+  const requested = conf.requestedIps.length > 0 ? conf.requestedIps : env.args.ips;
+  const before = addressesOf(store, attachment);
+  const allocations = reserveAddresses(store, ipam.rangeSets, {
+    attachment,
+    requested,
+    network: conf.name,
+    podNamespace: env.args.podNamespace,
+    podName: env.args.podName,
+  });
+  const reused = before.length > 0 && allocations.every((a) => before.includes(formatIp(a.ip)));
+  return {
+    ips: allocations.map((a) => ({ address: { ...a.ip, prefix: a.range.subnet.prefix }, gateway: a.range.gateway })),
+    routes: ipam.routes,
+    undo: reused ? undefined : () => Promise.resolve(void releaseAddresses(store, attachment)),
+  };
+}
+
+async function reserveDelegated(env: CniEnv, conf: NetConf): Promise<IpamOutcome> {
+  const plugin = findPlugin(conf.ipam.type, env.path);
+  const raw = await runDelegate(plugin, "ADD", conf.raw);
+  const undo = async () => void await runDelegate(plugin, "DEL", conf.raw);
+  try {
+    const result = fromAnyVersion(raw, `${conf.ipam.type} result`);
+    const ips = (result.ips ?? []).map((i) => ({
+      address: parseCidr(i.address)!,
+      gateway: i.gateway ? parseIp(i.gateway)! : undefined,
+    }));
+    if (ips.length === 0) throw new CniError(ErrorCode.DelegateFailure, `${conf.ipam.type} returned no address`);
+    const routes = (result.routes ?? []).map((r) => ({
+      dst: canonicalNetwork(parseCidr(r.dst)!),
+      gw: r.gw ? parseIp(r.gw)! : undefined,
+    }));
+    return { ips, routes, dns: result.dns, undo };
+  } catch (err) {
+    await undo().catch(() => {});
+    throw err;
+  }
+}
+
+async function releaseIpam(env: CniEnv, conf: NetConf): Promise<void> {
+  if (conf.ipam.type !== BUILTIN_IPAM) {
+    await runDelegate(findPlugin(conf.ipam.type, env.path), "DEL", conf.raw);
+    return;
+  }
+  const released = releaseAddresses(builtinStore(conf), { containerId: env.containerId, ifname: env.ifname });
+  if (released.length > 0) log("info", "released addresses", { ips: released });
+}
+
+// ---------------------------------------------------------------- DEL
+
+async function cmdDel({ env, conf }: Invocation): Promise<void> {
+  // Best effort and idempotent: the netns may be empty, gone or never
+  // added; the host veth name and the IPAM index need none of it.
+  await removeVeth(hostVethName(env.containerId, env.ifname));
+  faultPoint("del-after-veth");
+  await releaseIpam(env, conf);
+}
+
+// -------------------------------------------------------------- CHECK
+
+async function cmdCheck({ env, conf }: Invocation): Promise<void> {
+  if (compareVersions(conf.cniVersion, "0.4.0") < 0) {
+    throw new CniError(ErrorCode.IncompatibleVersion, `config version ${conf.cniVersion} does not allow CHECK`);
+  }
+  const prev = conf.prevResult;
+  if (!prev) throw new CniError(ErrorCode.InvalidConfig, "prevResult: required for CHECK but missing");
+  requireUsableNetns(env);
+  const failed = (what: string): never => {
+    throw new CniError(ErrorCode.CheckFailed, what);
+  };
+
+  if (!isBridge(conf.bridge)) failed(`bridge ${conf.bridge} does not exist`);
+  const host = hostVethName(env.containerId, env.ifname);
+  if (!linkExists(host)) failed(`host veth ${host} does not exist`);
+  if (masterOf(host) !== conf.bridge) failed(`host veth ${host} is not attached to bridge ${conf.bridge}`);
+
+  const podIndex = (prev.interfaces ?? []).findIndex((i) => i.name === env.ifname && i.sandbox);
+  if (podIndex < 0) failed(`prevResult has no interface ${env.ifname} in a sandbox`);
+  const view = await inspectPod(env.netns, env.ifname);
+  if (!view.exists) failed(`interface ${env.ifname} does not exist in ${env.netns}`);
+  const expected = (prev.ips ?? []).filter((i) => i.interface === undefined || i.interface === podIndex);
+  for (const ip of expected) {
+    const want = parseCidr(ip.address)!;
+    if (!view.addresses.some((a) => a.family === want.family && a.value === want.value && a.prefix === want.prefix)) {
+      failed(`address ${ip.address} is missing from ${env.ifname}`);
+    }
+  }
+  for (const route of prev.routes ?? []) {
+    const dst = parseCidr(route.dst)!;
+    const present = view.routes.some((r) => {
+      const rdst = r.dst === "default"
+        ? { family: dst.family, value: 0n, prefix: 0 }
+        : parseCidr(r.dst.includes("/") ? r.dst : `${r.dst}/${dst.family === 4 ? 32 : 128}`);
+      const gwOk = !route.gw || (r.gateway !== undefined && parseIp(r.gateway)?.value === parseIp(route.gw)?.value);
+      return rdst !== null && rdst.family === dst.family && rdst.value === dst.value && rdst.prefix === dst.prefix &&
+        gwOk;
+    });
+    if (!present) failed(`route ${route.dst}${route.gw ? ` via ${route.gw}` : ""} is missing in ${env.netns}`);
+  }
+  await checkIpam(env, conf, expected.map((i) => i.address));
+  if (conf.ipMasq) {
+    const subnets = expected.map((i) => canonicalNetwork(parseCidr(i.address)!));
+    if (!(await masqueradeInstalled(conf.name, subnets))) {
+      failed(`masquerade table for network ${conf.name} is missing`);
+    }
+  }
+}
+
+async function checkIpam(env: CniEnv, conf: NetConf, expected: string[]): Promise<void> {
+  if (conf.ipam.type !== BUILTIN_IPAM) {
+    await runDelegate(findPlugin(conf.ipam.type, env.path), "CHECK", conf.raw);
+    return;
+  }
+  const held = addressesOf(builtinStore(conf), { containerId: env.containerId, ifname: env.ifname });
+  for (const address of expected) {
+    const ip = address.slice(0, address.indexOf("/"));
+    if (!held.includes(formatIp(parseIp(ip)!))) {
+      throw new CniError(
+        ErrorCode.CheckFailed,
+        `address ${ip} is not reserved for ${env.containerId}/${env.ifname} in network ${conf.name}`,
+      );
+    }
+  }
+}
+
+// ------------------------------------------------------------- STATUS
+
+async function cmdStatus({ env, conf }: Invocation): Promise<void> {
+  requireVersion(conf, "1.1.0", "STATUS");
+  const notAvailable = (why: string): never => {
+    throw new CniError(ErrorCode.NotAvailable, why);
+  };
+  if (linkExists(conf.bridge) && !isBridge(conf.bridge)) {
+    notAvailable(`link ${conf.bridge} exists and is not a bridge, so it cannot be created`);
+  }
+  if (conf.ipam.type !== BUILTIN_IPAM) {
+    await runDelegate(findPlugin(conf.ipam.type, env.path), "STATUS", conf.raw);
+    return;
+  }
+  const ipam = conf.ipam as BuiltinIpam;
+  const store = builtinStore(conf);
+  try {
+    store.ensure();
+    const probe = `${store.dir}/.status-${Deno.pid}`;
+    Deno.writeFileSync(probe, new Uint8Array());
+    Deno.removeSync(probe);
+  } catch (err) {
+    notAvailable(`IPAM store ${store.dir} is not writable: ${(err as Error).message}`);
+  }
+  for (const { set, used, total } of poolUsage(store, ipam.rangeSets)) {
+    if (BigInt(used) >= total) {
+      notAvailable(`network ${conf.name}: range set ${set} is exhausted (${used} of ${total} addresses in use)`);
+    }
+  }
+}
+
+function requireVersion(conf: NetConf, min: string, verb: string): void {
+  if (compareVersions(conf.cniVersion, min) < 0) {
+    throw new CniError(ErrorCode.IncompatibleVersion, `config version ${conf.cniVersion} does not allow ${verb}`);
+  }
+}
+
+// ----------------------------------------------------------------- GC
+
+async function cmdGc({ env, conf }: Invocation): Promise<void> {
+  requireVersion(conf, "1.1.0", "GC");
+  const keep = conf.validAttachments;
+  if (!keep) throw new CniError(ErrorCode.InvalidConfig, "cni.dev/valid-attachments: required for GC but missing");
+  const errors: string[] = [];
+  // Host veths first: a port no valid attachment names is stale.
+  const keepNames = new Set(keep.map((a) => hostVethName(a.containerId, a.ifname)));
+  const stale = bridgePorts(conf.bridge).filter((p) => p.startsWith(HOST_VETH_PREFIX) && !keepNames.has(p));
+  await removeVeths(stale).catch((e) => errors.push(String(e)));
+  try {
+    if (conf.ipam.type === BUILTIN_IPAM) {
+      const released = collectGarbage(builtinStore(conf), keep);
+      if (released.length > 0) log("info", "GC released attachments", { released });
+    } else {
+      await runDelegate(findPlugin(conf.ipam.type, env.path), "GC", conf.raw);
+    }
+  } catch (err) {
+    errors.push(asCniError(err).details);
+  }
+  if (errors.length > 0) throw new CniError(ErrorCode.SystemFailure, `GC: ${errors.join("; ")}`);
+}
+
+// ------------------------------------------------------------ VERSION
+
+function cmdVersion(stdin: Uint8Array): string {
+  let version = "1.1.0";
+  try {
+    const raw = JSON.parse(new TextDecoder().decode(stdin));
+    if (typeof raw?.cniVersion === "string" && raw.cniVersion !== "") version = raw.cniVersion;
+  } catch { /* VERSION needs no valid config */ }
+  return JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS });
+}
+
+// ----------------------------------------------------------- dispatch
+
+function errorDocument(err: CniError, version: string): string {
+  return JSON.stringify({ cniVersion: version, code: err.code, msg: err.msg, details: err.details });
+}
+
+/**
+ * Runs one plugin invocation: validates env and config, runs the verb and
+ * returns what to print. Never throws.
+ */
+export async function runPlugin(envVars: Record<string, string | undefined>, stdin: Uint8Array): Promise<PluginOutput> {
+  let version = "1.1.0";
+  try {
+    const env = readCniEnv(envVars);
+    if (env.command === "VERSION") return { stdout: cmdVersion(stdin), code: 0 };
+    const raw = decodeConfig(stdin);
+    if (typeof raw.cniVersion === "string" && raw.cniVersion !== "") version = raw.cniVersion;
+    const conf = loadNetConf(raw);
+    configureLog({ level: conf.logLevel ?? "warn", file: conf.logFile });
+    setLogContext({
+      command: env.command,
+      network: conf.name,
+      containerId: env.containerId || undefined,
+      ifname: env.ifname || undefined,
+    });
+    const started = performance.now();
+    const inv = { env, conf };
+    let stdout = "";
+    switch (env.command) {
+      case "ADD":
+        stdout = JSON.stringify(toVersion(await cmdAdd(inv), conf.cniVersion));
+        break;
+      case "DEL":
+        await cmdDel(inv);
+        break;
+      case "CHECK":
+        await cmdCheck(inv);
+        break;
+      case "STATUS":
+        await cmdStatus(inv);
+        break;
+      case "GC":
+        await cmdGc(inv);
+        break;
+    }
+    log("info", "done", { ms: Math.round(performance.now() - started) });
+    return { stdout, code: 0 };
+  } catch (thrown) {
+    const err = asCniError(thrown);
+    log(err.code === ErrorCode.SystemFailure ? "error" : "warn", err.message);
+    return { stdout: errorDocument(err, version), code: 1 };
+  }
+}
