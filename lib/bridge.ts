@@ -69,7 +69,7 @@ export async function ensureBridge(spec: BridgeSpec): Promise<string> {
     return linkMac(spec.name) ?? "";
   }
   if (index === null) await createBridge(spec);
-  if (!isBridge(spec.name)) {
+  if (!(await becomesBridge(spec.name))) {
     throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
   }
   const commands: IpCommand[] = [["link", "set", spec.name, "up"]];
@@ -82,6 +82,20 @@ export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   setNodeSysctls(spec.forwardFamilies);
   writeMarker("bridge", spec.name, `${linkIndex(spec.name)} ${key}`);
   return linkMac(spec.name) ?? "";
+}
+
+/**
+ * True when `name` is (or within 200 ms turns out to be) a bridge: a bridge
+ * another ADD has just registered shows its sysfs `bridge/` directory a
+ * moment after the link itself.
+ */
+async function becomesBridge(name: string): Promise<boolean> {
+  for (let i = 0; i < 20; i++) {
+    if (isBridge(name)) return true;
+    if (!linkExists(name)) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return false;
 }
 
 async function createBridge(spec: BridgeSpec): Promise<void> {
@@ -100,7 +114,7 @@ async function createBridge(spec: BridgeSpec): Promise<void> {
   if (spec.vlan) add.push("vlan_filtering", "1");
   const result = await runBatch([add]);
   // Another ADD may have created it a moment ago: that is success too.
-  if (!result.ok && !isBridge(spec.name)) {
+  if (!result.ok && !linkExists(spec.name)) {
     throw new CniError(ErrorCode.SystemFailure, `cannot create bridge ${spec.name}: ${result.stderr.trim()}`);
   }
 }
@@ -216,6 +230,13 @@ export async function removeVeth(host: string): Promise<void> {
   if (!result.ok && linkExists(host)) {
     throw new IpError(["link", "del", host], result.stderr);
   }
+}
+
+/** The names of the bridge's ports (empty when the bridge is absent). */
+export async function bridgePorts(bridge: string): Promise<string[]> {
+  if (!linkExists(bridge)) return [];
+  const links = await showJson<{ ifname: string }>(["link", "show", "master", bridge]);
+  return links.map((l) => l.ifname);
 }
 
 /** Deletes several host veths in one spawn, tolerating ones already gone. */

@@ -9,52 +9,11 @@
  *
  * @module
  */
+import { errno, libc, LibcError, O_RDONLY, openFd, readLink } from "./libc.ts";
 
-const O_RDONLY_CLOEXEC = 0o2000000;
 const CLONE_NEWNET = 0x40000000;
 const NS_GET_NSTYPE = 0xb703n;
-
-const SYMBOLS = {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  close: { parameters: ["i32"], result: "i32" },
-  setns: { parameters: ["i32", "i32"], result: "i32" },
-  ioctl: { parameters: ["i32", "u64"], result: "i32" },
-  __errno_location: { parameters: [], result: "pointer" },
-} as const;
-
-let libc: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
-
-function lib(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
-  libc ??= Deno.dlopen("libc.so.6", SYMBOLS);
-  return libc.symbols;
-}
-
-function cString(text: string): Uint8Array<ArrayBuffer> {
-  return new TextEncoder().encode(text + "\0");
-}
-
-function errno(): number {
-  const ptr = lib().__errno_location();
-  return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
-}
-
-/** An error from a namespace system call, with the errno. */
-export class NetnsError extends Error {
-  /** The errno reported by the failing call. */
-  readonly errno: number;
-  /** Makes an error for `call` on `path` with `errno`. */
-  constructor(call: string, path: string, code: number) {
-    super(`${call} ${path}: errno ${code}`);
-    this.name = "NetnsError";
-    this.errno = code;
-  }
-}
-
-function openNs(path: string): number {
-  const fd = lib().open(cString(path), O_RDONLY_CLOEXEC);
-  if (fd < 0) throw new NetnsError("open", path, errno());
-  return fd;
-}
+const OWN_NETNS = "/proc/thread-self/ns/net";
 
 /**
  * Why `path` is not a usable network namespace, or null when it is one.
@@ -63,26 +22,33 @@ function openNs(path: string): number {
 export function netnsProblem(path: string): string | null {
   let fd: number;
   try {
-    fd = openNs(path);
+    fd = openFd(path, O_RDONLY);
   } catch (err) {
-    const code = (err as NetnsError).errno;
+    const code = (err as LibcError).errno;
     return code === 2 ? "does not exist" : `cannot be opened (errno ${code})`;
   }
   try {
-    const type = lib().ioctl(fd, NS_GET_NSTYPE);
+    const type = libc().ioctl(fd, NS_GET_NSTYPE);
     if (type === CLONE_NEWNET) return null;
     return type < 0 ? "is not a namespace file (e.g. a regular file)" : "is a namespace, but not a network namespace";
   } finally {
-    lib().close(fd);
+    libc().close(fd);
   }
+}
+
+/** An identifier of the network namespace this thread runs in (`net:[inode]`). */
+export function ownNetnsId(): string {
+  return readLink(OWN_NETNS) ?? "net:[unknown]";
 }
 
 /** True when `path` names the namespace this process runs in. */
 export function isOwnNetns(path: string): boolean {
+  const own = ownNetnsId();
+  // /proc/<pid>/ns/net is a magic symlink naming the namespace.
+  const link = readLink(path);
+  if (link !== null && link.startsWith("net:[")) return link === own;
   try {
-    const mine = Deno.statSync("/proc/thread-self/ns/net");
-    const theirs = Deno.statSync(path);
-    return mine.ino === theirs.ino && mine.dev === theirs.dev;
+    return `net:[${Deno.statSync(path).ino}]` === own;
   } catch {
     return false;
   }
@@ -94,12 +60,12 @@ export function isOwnNetns(path: string): boolean {
  * synchronously.
  */
 export function spawnInNetns(path: string, command: Deno.Command): Deno.ChildProcess {
-  const c = lib();
-  const home = openNs("/proc/thread-self/ns/net");
+  const c = libc();
+  const home = openFd(OWN_NETNS, O_RDONLY);
   let target = -1;
   try {
-    target = openNs(path);
-    if (c.setns(target, CLONE_NEWNET) !== 0) throw new NetnsError("setns", path, errno());
+    target = openFd(path, O_RDONLY);
+    if (c.setns(target, CLONE_NEWNET) !== 0) throw new LibcError("setns", path, errno());
     let child: Deno.ChildProcess | undefined;
     let spawnError: unknown;
     try {

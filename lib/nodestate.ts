@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { ownNetnsId } from "./netns.ts";
 
 /** Directory holding the markers. */
 export const STATE_DIR = "/run/pontoon/state";
@@ -17,7 +18,7 @@ const decoder = new TextDecoder();
 let nsKey: string | undefined;
 
 function namespaceKey(): string {
-  nsKey ??= String(Deno.statSync("/proc/thread-self/ns/net").ino);
+  nsKey ??= ownNetnsId().replace(/\D/g, "");
   return nsKey;
 }
 

@@ -8,6 +8,7 @@
 import { canonicalNetwork, type Cidr, type Family, formatIp, type Ip, parseCidr, parseIp } from "./addr.ts";
 import {
   addVeth,
+  bridgePorts,
   configurePod,
   ensureBridge,
   HOST_VETH_PREFIX,
@@ -27,7 +28,7 @@ import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
 import { markerMatches, writeMarker } from "./nodestate.ts";
 import { fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
-import { bridgePorts, defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
+import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
 /** What one invocation prints and its exit code. */
 export interface PluginOutput {
@@ -381,7 +382,7 @@ async function cmdGc({ env, conf }: Invocation): Promise<void> {
   const errors: string[] = [];
   // Host veths first: a port no valid attachment names is stale.
   const keepNames = new Set(keep.map((a) => hostVethName(a.containerId, a.ifname)));
-  const stale = bridgePorts(conf.bridge).filter((p) => p.startsWith(HOST_VETH_PREFIX) && !keepNames.has(p));
+  const stale = (await bridgePorts(conf.bridge)).filter((p) => p.startsWith(HOST_VETH_PREFIX) && !keepNames.has(p));
   await removeVeths(stale).catch((e) => errors.push(String(e)));
   try {
     if (conf.ipam.type === BUILTIN_IPAM) {

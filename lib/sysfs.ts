@@ -4,56 +4,30 @@
  *
  * These paths show the namespace this process runs in (the node's), never
  * a pod's; Pontoon reads pod state through `ip` inside the pod's netns.
+ * Access goes through libc (see `libc.ts` for why).
  *
  * @module
  */
-
-const decoder = new TextDecoder();
+import { pathExists, readLink, readSmallFile, writeSmallFile } from "./libc.ts";
 
 function readText(path: string): string | null {
-  try {
-    return decoder.decode(Deno.readFileSync(path)).trim();
-  } catch {
-    return null;
-  }
+  return readSmallFile(path)?.trim() ?? null;
 }
 
 /** True when a link named `name` exists in this namespace. */
 export function linkExists(name: string): boolean {
-  try {
-    Deno.statSync(`/sys/class/net/${name}`);
-    return true;
-  } catch {
-    return false;
-  }
+  return pathExists(`/sys/class/net/${name}`);
 }
 
 /** True when `name` is a bridge. */
 export function isBridge(name: string): boolean {
-  try {
-    return Deno.statSync(`/sys/class/net/${name}/bridge`).isDirectory;
-  } catch {
-    return false;
-  }
+  return pathExists(`/sys/class/net/${name}/bridge/`);
 }
 
 /** The bridge `name` is enslaved to, or null. */
 export function masterOf(name: string): string | null {
-  try {
-    const target = Deno.readLinkSync(`/sys/class/net/${name}/master`);
-    return target.slice(target.lastIndexOf("/") + 1);
-  } catch {
-    return null;
-  }
-}
-
-/** The ports of bridge `bridge` (empty when it does not exist). */
-export function bridgePorts(bridge: string): string[] {
-  try {
-    return [...Deno.readDirSync(`/sys/class/net/${bridge}/brif`)].map((e) => e.name);
-  } catch {
-    return [];
-  }
+  const target = readLink(`/sys/class/net/${name}/master`);
+  return target === null ? null : target.slice(target.lastIndexOf("/") + 1);
 }
 
 /** A link's MAC address, or null. */
@@ -75,7 +49,7 @@ export function linkMtu(name: string): number | null {
 
 /** Sets a bridge port's hairpin mode (no spawn: a sysfs write). */
 export function setHairpin(port: string, on: boolean): void {
-  Deno.writeFileSync(`/sys/class/net/${port}/brport/hairpin_mode`, new TextEncoder().encode(on ? "1" : "0"));
+  writeSmallFile(`/sys/class/net/${port}/brport/hairpin_mode`, on ? "1" : "0");
 }
 
 /**
@@ -106,7 +80,7 @@ export function ensureSysctl(key: string, value: string): boolean {
   const current = readSysctl(key);
   if (current === null) return false;
   if (current !== value) {
-    Deno.writeFileSync(`/proc/sys/${key.replaceAll(".", "/")}`, new TextEncoder().encode(value));
+    writeSmallFile(`/proc/sys/${key.replaceAll(".", "/")}`, value);
   }
   return true;
 }

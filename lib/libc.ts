@@ -1,0 +1,115 @@
+/**
+ * The few libc calls Pontoon makes through Deno FFI: namespace switching
+ * and raw file access to /proc and /sys.
+ *
+ * Why raw file access: Deno asks for `--allow-all` before it lets a
+ * program touch /proc or /sys, and the plugin must read sysfs and write
+ * sysctls. Going through libc for those few paths lets the plugin keep an
+ * explicit permission list (no network, among others).
+ *
+ * @module
+ */
+
+const SYMBOLS = {
+  open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  close: { parameters: ["i32"], result: "i32" },
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  access: { parameters: ["buffer", "i32"], result: "i32" },
+  setns: { parameters: ["i32", "i32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const;
+
+/** `O_RDONLY | O_CLOEXEC`. */
+export const O_RDONLY = 0o2000000;
+/** `O_WRONLY | O_CLOEXEC`. */
+export const O_WRONLY = 0o2000001;
+
+let library: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+
+/** The libc symbols, loaded on first use. */
+export function libc(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
+  library ??= Deno.dlopen("libc.so.6", SYMBOLS);
+  return library.symbols;
+}
+
+/** A NUL-terminated copy of `text` for a C `const char *`. */
+export function cString(text: string): Uint8Array<ArrayBuffer> {
+  return new TextEncoder().encode(text + "\0");
+}
+
+/** The calling thread's errno. */
+export function errno(): number {
+  const ptr = libc().__errno_location();
+  return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
+}
+
+/** A failed libc call, with its errno. */
+export class LibcError extends Error {
+  /** The errno reported by the failing call. */
+  readonly errno: number;
+  /** Makes an error for `call` on `path` with `code`. */
+  constructor(call: string, path: string, code: number) {
+    super(`${call} ${path}: errno ${code}`);
+    this.name = "LibcError";
+    this.errno = code;
+  }
+}
+
+/** Opens `path` with `flags`; throws LibcError. */
+export function openFd(path: string, flags: number): number {
+  const fd = libc().open(cString(path), flags, 0);
+  if (fd < 0) throw new LibcError("open", path, errno());
+  return fd;
+}
+
+/** Reads a small file (sysfs/procfs) as text; null when it cannot be read. */
+export function readSmallFile(path: string): string | null {
+  const c = libc();
+  const fd = c.open(cString(path), O_RDONLY, 0);
+  if (fd < 0) return null;
+  try {
+    const buf = new Uint8Array(64 * 1024);
+    let total = 0;
+    for (;;) {
+      const n = Number(c.read(fd, buf.subarray(total), BigInt(buf.length - total)));
+      if (n < 0) return null;
+      if (n === 0 || total + n >= buf.length) {
+        total += Math.max(n, 0);
+        break;
+      }
+      total += n;
+    }
+    return new TextDecoder().decode(buf.subarray(0, total));
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** Writes `text` to an existing file (a sysctl or sysfs attribute); throws LibcError. */
+export function writeSmallFile(path: string, text: string): void {
+  const c = libc();
+  const fd = openFd(path, O_WRONLY);
+  try {
+    const bytes = new TextEncoder().encode(text);
+    if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
+      throw new LibcError("write", path, errno());
+    }
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** True when `path` exists. */
+export function pathExists(path: string): boolean {
+  return libc().access(cString(path), 0) === 0;
+}
+
+/** The target of symlink `path`, or null. */
+export function readLink(path: string): string | null {
+  const buf = new Uint8Array(4096);
+  const n = Number(libc().readlink(cString(path), buf, BigInt(buf.length)));
+  return n < 0 ? null : new TextDecoder().decode(buf.subarray(0, n));
+}

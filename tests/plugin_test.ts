@@ -1,0 +1,406 @@
+/**
+ * Integration tests: the built plugin on real network namespaces, bridges
+ * and veths, for every supported CNI version.
+ */
+import assert from "node:assert/strict";
+import {
+  addNetns,
+  assertCniError,
+  assertOk,
+  cni,
+  delNetns,
+  hostPart,
+  must,
+  ping,
+  sh,
+  snapshot,
+  testNet,
+  uniq,
+} from "./harness.ts";
+
+const VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+function linkExists(name: string): boolean {
+  try {
+    Deno.statSync(`/sys/class/net/${name}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+for (const version of VERSIONS) {
+  Deno.test(`cniVersion ${version}: two pods get addresses, ping each other and the gateway over IPv4 and IPv6`, async () => {
+    const net = testNet({ v6: true });
+    const [a, b] = [uniq("tpa"), uniq("tpb")];
+    try {
+      const [pa, pb] = await addNetns(a, b);
+      const conf = net.conf(version);
+      const ra = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+      assertOk(ra, "ADD a");
+      const rb = await cni({ command: "ADD", conf, containerId: b, netns: pb });
+      assertOk(rb, "ADD b");
+
+      // Result shape per the spec for this version.
+      const res = ra.json;
+      assert.equal(res.cniVersion, version);
+      assert.equal(res.interfaces.length, 3);
+      assert.equal(res.interfaces[0].name, net.bridge);
+      assert.ok(!res.interfaces[0].sandbox && !res.interfaces[1].sandbox);
+      assert.equal(res.interfaces[2].name, "eth0");
+      assert.equal(res.interfaces[2].sandbox, pa);
+      for (const i of res.interfaces) assert.match(i.mac, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+      assert.equal(res.ips.length, 2);
+      for (const ip of res.ips) {
+        assert.equal(ip.interface, 2);
+        if (version.startsWith("0.")) assert.equal(ip.version, ip.address.includes(":") ? "6" : "4");
+        else assert.equal(ip.version, undefined);
+      }
+      if (version !== "1.1.0") assert.equal(res.interfaces[0].mtu, undefined);
+      assert.deepEqual(res.routes.map((r: { dst: string }) => r.dst).sort(), ["0.0.0.0/0", "::/0"]);
+
+      // The pod's MAC in the result is the real one.
+      const link = JSON.parse(await must("ip", ["-n", a, "-j", "link", "show", "eth0"]))[0];
+      assert.equal(link.address, res.interfaces[2].mac);
+
+      const [b4, b6] = rb.json.ips.map((i: { address: string }) => hostPart(i.address));
+      const [g4, g6] = res.ips.map((i: { gateway: string }) => i.gateway);
+      assert.ok(await ping(a, b4), `ping ${b4}`);
+      assert.ok(await ping(a, b6), `ping ${b6}`);
+      assert.ok(await ping(a, g4), `ping gateway ${g4}`);
+      assert.ok(await ping(a, g6), `ping gateway ${g6}`);
+
+      if (version !== "0.3.0" && version !== "0.3.1") {
+        const check = await cni({ command: "CHECK", conf: { ...conf, prevResult: res }, containerId: a, netns: pa });
+        assertOk(check, "CHECK");
+        assert.equal(check.stdout, "");
+      }
+      for (const [id, path] of [[a, pa], [b, pb]]) {
+        assertOk(await cni({ command: "DEL", conf: { ...conf, prevResult: res }, containerId: id, netns: path }));
+        assertOk(await cni({ command: "DEL", conf, containerId: id, netns: path }), "second DEL");
+      }
+      const after = await snapshot(net);
+      assert.deepEqual(after.links, [net.bridge]);
+      assert.deepEqual(after.ipamFiles.filter((f) => !f.includes("last_reserved")), [
+        `${net.name}/`,
+        `${net.name}/attachments/`,
+      ]);
+    } finally {
+      await delNetns(a, b);
+      await net.cleanup();
+    }
+  });
+}
+
+Deno.test("CHECK fails with a specific error after the pod's address or the host veth is removed", async () => {
+  const net = testNet({ v6: true });
+  const a = uniq("tpc");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    const withPrev = { ...conf, prevResult: add.json };
+    assertOk(await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }));
+
+    const v4 = add.json.ips[0].address;
+    await must("ip", ["-n", a, "addr", "del", v4, "dev", "eth0"]);
+    assertCniError(
+      await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }),
+      104,
+      new RegExp(`address ${v4.replace(/\./g, "\\.")} is missing`),
+    );
+    await must("ip", ["-n", a, "addr", "add", v4, "dev", "eth0"]);
+    await must("ip", ["-n", a, "route", "add", "default", "via", add.json.ips[0].gateway]);
+    assertOk(await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }), "CHECK after repair");
+
+    await must("ip", ["link", "del", add.json.interfaces[1].name]);
+    assertCniError(
+      await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }),
+      104,
+      /host veth .* does not exist/,
+    );
+    assertOk(await cni({ command: "DEL", conf: withPrev, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("CHECK fails when the reservation is gone, when prevResult is missing, and with a 0.3.1 config", async () => {
+  const net = testNet();
+  const a = uniq("tpr");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.0.0");
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    assertCniError(await cni({ command: "CHECK", conf, containerId: a, netns: pa }), 7, /prevResult/);
+    assertCniError(
+      await cni({ command: "CHECK", conf: { ...net.conf("0.3.1"), prevResult: add.json }, containerId: a, netns: pa }),
+      1,
+    );
+    await Deno.remove(`${net.dataDir}/${net.name}/${hostPart(add.json.ips[0].address)}`);
+    assertCniError(
+      await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }),
+      104,
+      /not reserved/,
+    );
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("DEL succeeds with CNI_NETNS empty, with a deleted netns, and for a container never added", async () => {
+  const net = testNet({ v6: true });
+  const [a, b] = [uniq("tpd"), uniq("tpe")];
+  try {
+    const [pa, pb] = await addNetns(a, b);
+    const conf = net.conf("1.1.0");
+    const ra = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    const rb = await cni({ command: "ADD", conf, containerId: b, netns: pb });
+    assertOk(ra);
+    assertOk(rb);
+    await delNetns(a, b);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: "" }), "DEL with empty netns");
+    assertOk(await cni({ command: "DEL", conf, containerId: b, netns: pb }), "DEL with deleted netns");
+    assertOk(await cni({ command: "DEL", conf, containerId: "never-added", netns: "" }), "DEL never added");
+    const after = await snapshot(net);
+    assert.deepEqual(after.links, [net.bridge]);
+    assert.ok(!after.ipamFiles.some((f) => /\d+\.\d+\.\d+\.\d+$|:/.test(f.split("/").pop()!)), String(after.ipamFiles));
+  } finally {
+    await delNetns(a, b);
+    await net.cleanup();
+  }
+});
+
+Deno.test("ADD for an attachment that already exists is an error that changes nothing", async () => {
+  const net = testNet();
+  const a = uniq("tpx");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    assertOk(await cni({ command: "ADD", conf, containerId: a, netns: pa }));
+    const before = await snapshot(net);
+    assertCniError(await cni({ command: "ADD", conf, containerId: a, netns: pa }), 103, /already attached/);
+    // Same pod interface name from another container id: the pod side exists.
+    assertCniError(await cni({ command: "ADD", conf, containerId: `${a}-other`, netns: pa }), 103, /already exists/);
+    assert.deepEqual(await snapshot(net), before);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("a fault injected after reservation, after the veth or after pod setup leaves no link and no reservation", async () => {
+  const net = testNet({ v6: true });
+  const a = uniq("tpf");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    // Create the bridge first so the snapshot compares pod state only.
+    assertOk(await cni({ command: "ADD", conf, containerId: "warmup", netns: pa }));
+    assertOk(await cni({ command: "DEL", conf, containerId: "warmup", netns: pa }));
+    const before = await snapshot(net);
+    for (const point of ["after-reserve", "after-veth", "after-pod"]) {
+      const out = await cni({
+        command: "ADD",
+        conf,
+        containerId: a,
+        netns: pa,
+        env: { PONTOON_TEST_FAULT: point },
+      });
+      assertCniError(out, 102, new RegExp(`injected fault at ${point}`));
+      const now = await snapshot(net);
+      assert.deepEqual(now.links, before.links, point);
+      assert.deepEqual(
+        now.ipamFiles.filter((f) => !f.startsWith(`${net.name}/last_reserved`)),
+        before.ipamFiles.filter((f) => !f.startsWith(`${net.name}/last_reserved`)),
+        point,
+      );
+      const podLinks = JSON.parse(await must("ip", ["-n", a, "-j", "link", "show"])) as { ifname: string }[];
+      assert.deepEqual(podLinks.map((l) => l.ifname), ["lo"], point);
+    }
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("50 ADDs in parallel on a node without the bridge all succeed with distinct addresses", async () => {
+  const net = testNet({ subnet: "10.199.0.0/22" });
+  const names = Array.from({ length: 50 }, (_, i) => uniq(`tq${i}`));
+  try {
+    const paths = await addNetns(...names);
+    const conf = net.conf("1.1.0", { ipMasq: true });
+    assert.ok(!linkExists(net.bridge));
+    const results = await Promise.all(
+      names.map((n, i) => cni({ command: "ADD", conf, containerId: n, netns: paths[i] })),
+    );
+    results.forEach((r, i) => assertOk(r, `ADD ${i}`));
+    const addresses = results.map((r) => r.json.ips[0].address);
+    assert.equal(new Set(addresses).size, 50, "duplicate address handed out");
+    assert.ok(await ping(names[0], hostPart(addresses[49])));
+    const dels = await Promise.all(
+      names.map((n, i) => cni({ command: "DEL", conf, containerId: n, netns: paths[i] })),
+    );
+    dels.forEach((r, i) => assertOk(r, `DEL ${i}`));
+    const after = await snapshot(net);
+    assert.deepEqual(after.links, [net.bridge]);
+  } finally {
+    await delNetns(...names);
+    await net.cleanup();
+  }
+});
+
+Deno.test("GC keeps listed attachments and frees the rest; an empty list frees everything", async () => {
+  const net = testNet({ v6: true });
+  const names = [uniq("tg1"), uniq("tg2"), uniq("tg3")];
+  try {
+    const paths = await addNetns(...names);
+    const conf = net.conf("1.1.0");
+    const adds = [];
+    for (let i = 0; i < 3; i++) adds.push(await cni({ command: "ADD", conf, containerId: names[i], netns: paths[i] }));
+    adds.forEach((r) => assertOk(r));
+    const keep = [{ containerID: names[0], ifname: "eth0" }];
+    assertOk(await cni({ command: "GC", conf: { ...conf, "cni.dev/valid-attachments": keep } }), "GC");
+    assert.ok(linkExists(adds[0].json.interfaces[1].name), "kept veth removed");
+    assert.ok(!linkExists(adds[1].json.interfaces[1].name), "stale veth kept");
+    const files = (await snapshot(net)).ipamFiles;
+    assert.ok(files.includes(`${net.name}/${hostPart(adds[0].json.ips[0].address)}`));
+    assert.ok(!files.includes(`${net.name}/${hostPart(adds[1].json.ips[0].address)}`));
+    assert.ok(await ping(names[0], adds[0].json.ips[0].gateway), "kept pod lost connectivity");
+    // The legacy key is read too.
+    assertOk(await cni({ command: "GC", conf: { ...conf, "cni.dev/attachments": [] } }), "GC empty");
+    const after = await snapshot(net);
+    assert.deepEqual(after.links, [net.bridge]);
+    assert.deepEqual(after.ipamFiles.filter((f) => !f.includes("last_reserved")), [
+      `${net.name}/`,
+      `${net.name}/attachments/`,
+    ]);
+    assertCniError(await cni({ command: "GC", conf }), 7, /valid-attachments/);
+  } finally {
+    await delNetns(...names);
+    await net.cleanup();
+  }
+});
+
+Deno.test("STATUS is 0 when ADD would succeed and 50 when the pool is exhausted", async () => {
+  const net = testNet({ subnet: "10.198.7.0/30" });
+  const a = uniq("tps");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    const ok = await cni({ command: "STATUS", conf });
+    assertOk(ok);
+    assert.equal(ok.stdout, "");
+    assertOk(await cni({ command: "ADD", conf, containerId: a, netns: pa }));
+    // A /30 has one allocatable address besides the gateway.
+    assertCniError(await cni({ command: "STATUS", conf }), 50, /exhausted/);
+    const b = await cni({ command: "ADD", conf, containerId: `${a}b`, netns: pa, ifname: "eth1" });
+    assertCniError(b, 100, new RegExp(`network ${net.name}.*10\\.198\\.7\\.1-10\\.198\\.7\\.2`));
+    assertCniError(await cni({ command: "STATUS", conf: net.conf("1.0.0") }), 1);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "STATUS", conf }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("VERSION echoes the config's version and works without a config", async () => {
+  const out = await cni({ command: "VERSION", conf: { cniVersion: "0.4.0" } });
+  assertOk(out);
+  assert.deepEqual(out.json, { cniVersion: "0.4.0", supportedVersions: VERSIONS });
+  const bare = await cni({ command: "VERSION", conf: {}, rawStdin: "" });
+  assertOk(bare);
+  assert.equal(bare.json.cniVersion, "1.1.0");
+});
+
+Deno.test("requested addresses from CNI_ARGS, args.cni.ips and runtimeConfig.ips are honoured", async () => {
+  const net = testNet();
+  const names = [uniq("ti1"), uniq("ti2"), uniq("ti3")];
+  try {
+    const paths = await addNetns(...names);
+    const base = net.conf("1.1.0");
+    const subnet = (base.ipam as { ranges: { subnet: string }[][] }).ranges[0][0].subnet;
+    const prefix = subnet.split(".").slice(0, 3).join(".");
+    const r1 = await cni({
+      command: "ADD",
+      conf: base,
+      containerId: names[0],
+      netns: paths[0],
+      args: `IP=${prefix}.50`,
+    });
+    assertOk(r1);
+    assert.equal(r1.json.ips[0].address, `${prefix}.50/24`);
+    const r2 = await cni({
+      command: "ADD",
+      conf: { ...base, args: { cni: { ips: [`${prefix}.51`] } } },
+      containerId: names[1],
+      netns: paths[1],
+    });
+    assert.equal(r2.json.ips[0].address, `${prefix}.51/24`);
+    const r3 = await cni({
+      command: "ADD",
+      conf: { ...base, runtimeConfig: { ips: [`${prefix}.52/24`], mac: "02:11:22:33:44:55" } },
+      containerId: names[2],
+      netns: paths[2],
+    });
+    assert.equal(r3.json.ips[0].address, `${prefix}.52/24`);
+    assert.equal(r3.json.interfaces[2].mac, "02:11:22:33:44:55");
+    for (let i = 0; i < 3; i++) {
+      assertOk(await cni({ command: "DEL", conf: base, containerId: names[i], netns: paths[i] }));
+    }
+  } finally {
+    await delNetns(...names);
+    await net.cleanup();
+  }
+});
+
+Deno.test("ipMasq installs one table per network that names no pod, and pod traffic leaving the subnet is masqueraded", async () => {
+  const net = testNet();
+  const a = uniq("tpm");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { ipMasq: true });
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    const table = await must("nft", ["list", "table", "inet", `pontoon-${net.name}`]);
+    assert.match(table, /masquerade/);
+    assert.ok(!table.includes(hostPart(add.json.ips[0].address) + " "), "rule names the pod");
+    assertOk(await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: "" }));
+    const after = await sh("nft", ["list", "table", "inet", `pontoon-${net.name}`]);
+    assert.ok(!after.stdout.includes(hostPart(add.json.ips[0].address) + " "));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("host-local works as a delegated IPAM plugin from CNI_PATH", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "pontoon-hl-" });
+  const net = testNet({ ipam: { type: "host-local", ranges: [[{ subnet: "10.197.3.0/24" }]], dataDir } });
+  const a = uniq("tph");
+  try {
+    const [pa] = await addNetns(a);
+    // Debian's host-local speaks up to 1.0.0.
+    const conf = net.conf("1.0.0");
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    assert.equal(add.json.ips[0].address, "10.197.3.2/24");
+    assert.equal(add.json.ips[0].interface, 2);
+    assertOk(await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+    const left = [...Deno.readDirSync(`${dataDir}/${net.name}`)].map((e) => e.name);
+    assert.ok(!left.includes("10.197.3.2"), `host-local kept the address: ${left}`);
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
