@@ -56,7 +56,7 @@ test: build
 	@bash scripts/run-tests.sh $(DENO) tests/
 
 demo: build
-	@bash scripts/demo.sh
+	@$(DENO) run --allow-all scripts/demo.ts
 
 fmt: deps
 	$(DENO) fmt
