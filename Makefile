@@ -69,3 +69,6 @@ check: deps
 
 clean:
 	rm -rf dist tests/.work
+
+soak: build
+	PONTOON_SOAK_CYCLES=$${PONTOON_SOAK_CYCLES:-40} $(DENO) test --allow-all tests/soak_test.ts

@@ -70,7 +70,7 @@ try {
   for (const ip of results[b].ips) {
     const addr = ip.address.split("/")[0];
     step(`ping ${addr} (${b}) from ${a}`);
-    const out = await run("ip", ["netns", "exec", a, "ping", "-c", "2", "-W", "2", addr]);
+    const out = await run("ip", ["netns", "exec", a, "ping", "-c", "2", "-i", "0.2", "-W", "2", addr]);
     console.log(out.stdout.trim().split("\n").filter((l) => /bytes from|packet loss/.test(l)).map((l) => `  ${l}`).join("\n"));
     if (!out.ok) failed = true;
   }
