@@ -5,7 +5,9 @@
  * Why raw file access: Deno asks for `--allow-all` before it lets a
  * program touch /proc or /sys, and the plugin must read sysfs and write
  * sysctls. Going through libc for those few paths lets the plugin keep an
- * explicit permission list (no network, among others).
+ * explicit permission list (no network, among others). The same holds for
+ * the agent's unix socket, whose path is configurable: Deno's network
+ * permission can only name fixed socket paths.
  *
  * @module
  */
@@ -19,6 +21,9 @@ const SYMBOLS = {
   access: { parameters: ["buffer", "i32"], result: "i32" },
   setns: { parameters: ["i32", "i32"], result: "i32" },
   ioctl: { parameters: ["i32", "u64"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -112,4 +117,57 @@ export function readLink(path: string): string | null {
   const buf = new Uint8Array(4096);
   const n = Number(libc().readlink(cString(path), buf, BigInt(buf.length)));
   return n < 0 ? null : new TextDecoder().decode(buf.subarray(0, n));
+}
+
+const AF_UNIX = 1;
+const SOCK_STREAM_CLOEXEC = 1 | 0o2000000;
+const SOL_SOCKET = 1;
+const SO_RCVTIMEO = 20;
+const SO_SNDTIMEO = 21;
+
+/**
+ * Sends `request` over a unix stream socket and reads until the peer
+ * closes, blocking at most `timeoutMs` per read or write. Synchronous: the
+ * plugin uses it for short exchanges with its node agent.
+ */
+export function unixExchange(path: string, request: Uint8Array<ArrayBuffer>, timeoutMs: number): Uint8Array {
+  const c = libc();
+  const fd = c.socket(AF_UNIX, SOCK_STREAM_CLOEXEC, 0);
+  if (fd < 0) throw new LibcError("socket", path, errno());
+  try {
+    const timeval = new BigInt64Array([BigInt(Math.floor(timeoutMs / 1000)), BigInt((timeoutMs % 1000) * 1000)]);
+    const tv = new Uint8Array(timeval.buffer);
+    c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16);
+    c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16);
+    const pathBytes = new TextEncoder().encode(path);
+    if (pathBytes.length > 107) throw new LibcError("connect", path, 36 /* ENAMETOOLONG */);
+    const addr = new Uint8Array(110);
+    new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+    addr.set(pathBytes, 2);
+    if (c.connect(fd, addr, addr.length) !== 0) throw new LibcError("connect", path, errno());
+    for (let sent = 0; sent < request.length;) {
+      const n = Number(c.write(fd, request.subarray(sent), BigInt(request.length - sent)));
+      if (n <= 0) throw new LibcError("write", path, errno());
+      sent += n;
+    }
+    const chunks: Uint8Array[] = [];
+    const buf = new Uint8Array(16 * 1024);
+    let total = 0;
+    while (total < 256 * 1024) {
+      const n = Number(c.read(fd, buf, BigInt(buf.length)));
+      if (n < 0) throw new LibcError("read", path, errno());
+      if (n === 0) break;
+      chunks.push(buf.slice(0, n));
+      total += n;
+    }
+    const out = new Uint8Array(total);
+    let offset = 0;
+    for (const chunk of chunks) {
+      out.set(chunk, offset);
+      offset += chunk.length;
+    }
+    return out;
+  } finally {
+    c.close(fd);
+  }
 }

@@ -21,6 +21,7 @@ import {
 import { type CniEnv, compareVersions, readCniEnv, SUPPORTED_VERSIONS } from "./cni.ts";
 import { BUILTIN_IPAM, type BuiltinIpam, decodeConfig, isMac, loadNetConf, type NetConf } from "./config.ts";
 import { findPlugin, runDelegate } from "./delegate.ts";
+import { agentGet } from "./agentclient.ts";
 import { asCniError, CniError, ErrorCode } from "./errors.ts";
 import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.ts";
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
@@ -346,6 +347,7 @@ async function cmdStatus({ env, conf }: Invocation): Promise<void> {
   if (linkExists(conf.bridge) && !isBridge(conf.bridge)) {
     notAvailable(`link ${conf.bridge} exists and is not a bridge, so it cannot be created`);
   }
+  if (conf.agentSocket) requireAgentReady(conf.agentSocket);
   if (conf.ipam.type !== BUILTIN_IPAM) {
     await runDelegate(findPlugin(conf.ipam.type, env.path), "STATUS", conf.raw);
     return;
@@ -364,6 +366,19 @@ async function cmdStatus({ env, conf }: Invocation): Promise<void> {
     if (BigInt(used) >= total) {
       notAvailable(`network ${conf.name}: range set ${set} is exhausted (${used} of ${total} addresses in use)`);
     }
+  }
+}
+
+/** Under an agent, the node is ready only once the agent has synced. */
+function requireAgentReady(socket: string): void {
+  let reply;
+  try {
+    reply = agentGet(socket, "/readyz");
+  } catch (err) {
+    throw new CniError(ErrorCode.NotAvailable, `node agent not reachable at ${socket}: ${(err as Error).message}`);
+  }
+  if (reply.status !== 200) {
+    throw new CniError(ErrorCode.NotAvailable, `node agent not ready: ${reply.body.trim() || `HTTP ${reply.status}`}`);
   }
 }
 

@@ -404,3 +404,29 @@ Deno.test("host-local works as a delegated IPAM plugin from CNI_PATH", async () 
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("STATUS under an agent is 50 until the agent answers /readyz with 200", async () => {
+  const net = testNet();
+  const socket = `/tmp/pontoon-agent-${uniq("s")}.sock`;
+  let ready = false;
+  const server = Deno.serve(
+    { path: socket, transport: "unix", onListen() {} },
+    () =>
+      ready ? new Response("ok") : new Response(JSON.stringify({ reason: "routes not reconciled" }), { status: 503 }),
+  );
+  try {
+    const conf = net.conf("1.1.0", { agentSocket: socket });
+    assertCniError(await cni({ command: "STATUS", conf }), 50, /not ready: .*routes not reconciled/);
+    ready = true;
+    assertOk(await cni({ command: "STATUS", conf }));
+    assertCniError(
+      await cni({ command: "STATUS", conf: { ...conf, agentSocket: "/tmp/pontoon-no-such.sock" } }),
+      50,
+      /not reachable/,
+    );
+  } finally {
+    await server.shutdown();
+    await Deno.remove(socket).catch(() => {});
+    await net.cleanup();
+  }
+});
