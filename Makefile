@@ -43,12 +43,14 @@ dist/pontoon: $(SOURCES) scripts/launcher.sh node_modules/.installed
 	chmod 755 dist/pontoon.tmp && mv dist/pontoon.tmp dist/pontoon
 	@echo "built dist/pontoon"
 
-# A self-contained binary. Needs the Deno runtime download (denort), which
-# these machines cannot reach; see README "Building a single binary".
+# A self-contained binary. One binary serves every mode, so it carries the
+# agent's network permission (the Kubernetes API) on top of the plugin's.
+# Needs the Deno runtime download (denort), which these machines cannot
+# reach; see README "Building".
 compile: deps
 	@mkdir -p dist
-	$(DENO) compile --no-prompt $(PLUGIN_PERMISSIONS) --allow-net=127.0.0.1,localhost \
-		--include lib/cli.ts --output dist/pontoon-bin main.ts \
+	$(DENO) compile --no-prompt $(PLUGIN_PERMISSIONS) --allow-net \
+		--output dist/pontoon-bin main.ts \
 	|| { echo; echo "make compile: deno compile could not fetch its runtime (denort) from dl.deno.land."; \
 	     echo "Run it on a machine that reaches dl.deno.land, or set DENORT_BIN to a denort binary."; exit 1; }
 
