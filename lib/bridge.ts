@@ -115,6 +115,12 @@ async function createBridge(spec: BridgeSpec): Promise<void> {
   const result = await runBatch([add]);
   // Another ADD may have created it a moment ago: that is success too.
   if (!result.ok && !linkExists(spec.name)) {
+    if (spec.vlan && /not supported/i.test(result.stderr)) {
+      throw new CniError(
+        ErrorCode.SystemFailure,
+        `vlan: this kernel cannot filter VLANs on bridge ${spec.name} (CONFIG_BRIDGE_VLAN_FILTERING is off)`,
+      );
+    }
     throw new CniError(ErrorCode.SystemFailure, `cannot create bridge ${spec.name}: ${result.stderr.trim()}`);
   }
 }

@@ -430,3 +430,83 @@ Deno.test("STATUS under an agent is 50 until the agent answers /readyz with 200"
     await net.cleanup();
   }
 });
+
+Deno.test("mtu and promiscMode reach the bridge and both veth ends", async () => {
+  const net = testNet();
+  const a = uniq("tmu");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { mtu: 1300, promiscMode: true });
+    const ra = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(ra);
+    const br = JSON.parse(await must("ip", ["-j", "-d", "link", "show", net.bridge]))[0];
+    assert.equal(br.mtu, 1300);
+    assert.ok(br.flags.includes("PROMISC") || br.promiscuity > 0, JSON.stringify(br.flags));
+    const host = JSON.parse(await must("ip", ["-j", "-d", "link", "show", ra.json.interfaces[1].name]))[0];
+    assert.equal(host.mtu, 1300);
+    assert.equal(host.linkinfo.info_slave_data.hairpin, false, "hairpin must be off with promiscMode");
+    const pod = JSON.parse(await must("ip", ["-n", a, "-j", "link", "show", "eth0"]))[0];
+    assert.equal(pod.mtu, 1300);
+    assert.equal(ra.json.interfaces[2].mtu, 1300);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("hairpin is on by default on the pod's bridge port", async () => {
+  const net = testNet();
+  const a = uniq("thp");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    const ra = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(ra);
+    const host = JSON.parse(await must("ip", ["-j", "-d", "link", "show", ra.json.interfaces[1].name]))[0];
+    assert.equal(host.linkinfo.info_slave_data.hairpin, true);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+/** True when this kernel can filter VLANs on a bridge. */
+async function kernelFiltersVlans(): Promise<boolean> {
+  const name = uniq("tvk");
+  const r = await sh("ip", ["link", "add", "name", name, "type", "bridge", "vlan_filtering", "1"]);
+  await sh("ip", ["link", "del", name]);
+  return r.code === 0;
+}
+
+Deno.test("vlan makes the pod port an untagged VLAN member, or fails cleanly where the kernel cannot filter VLANs", async () => {
+  const net = testNet();
+  const [a, b] = [uniq("tva"), uniq("tvb")];
+  try {
+    const [pa, pb] = await addNetns(a, b);
+    const conf = net.conf("1.1.0", { vlan: 100 });
+    if (!(await kernelFiltersVlans())) {
+      const out = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+      assertCniError(out, 102, /^vlan: this kernel cannot filter VLANs/);
+      const after = await snapshot(net);
+      assert.deepEqual(after.links, []);
+      assert.ok(!after.ipamFiles.some((f) => /\d+\.\d+\.\d+\.\d+$/.test(f)), "reservation left behind");
+      return;
+    }
+    const ra = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(ra);
+    const rb = await cni({ command: "ADD", conf, containerId: b, netns: pb });
+    assertOk(rb);
+    const vlans = JSON.parse(await must("bridge", ["-j", "vlan", "show", "dev", ra.json.interfaces[1].name]));
+    const entry = vlans[0].vlans.find((v: { vlan: number }) => v.vlan === 100);
+    assert.ok(entry?.flags?.includes("PVID") && entry.flags.includes("Egress Untagged"), JSON.stringify(vlans));
+    assert.ok(!vlans[0].vlans.some((v: { vlan: number }) => v.vlan === 1), "default VLAN 1 still on the port");
+    assert.ok(await ping(a, hostPart(rb.json.ips[0].address)), "pods on the VLAN cannot reach each other");
+    assert.ok(await ping(a, ra.json.ips[0].gateway), "gateway not reachable on the VLAN");
+    for (const [id, p] of [[a, pa], [b, pb]]) assertOk(await cni({ command: "DEL", conf, containerId: id, netns: p }));
+  } finally {
+    await delNetns(a, b);
+    await net.cleanup();
+  }
+});
