@@ -34,7 +34,11 @@ async function run(cmd: string, args: string[], stdin?: string) {
     await w.close();
   }
   const out = await child.output();
-  return { ok: out.success, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+  return {
+    ok: out.success,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
 }
 
 async function cni(command: string, pod: string, extra: Record<string, unknown> = {}) {
@@ -71,7 +75,9 @@ try {
     const addr = ip.address.split("/")[0];
     step(`ping ${addr} (${b}) from ${a}`);
     const out = await run("ip", ["netns", "exec", a, "ping", "-c", "2", "-i", "0.2", "-W", "2", addr]);
-    console.log(out.stdout.trim().split("\n").filter((l) => /bytes from|packet loss/.test(l)).map((l) => `  ${l}`).join("\n"));
+    console.log(
+      out.stdout.trim().split("\n").filter((l) => /bytes from|packet loss/.test(l)).map((l) => `  ${l}`).join("\n"),
+    );
     if (!out.ok) failed = true;
   }
   step(`ping the gateway ${results[a].ips[0].gateway} from ${a}`);

@@ -12,7 +12,9 @@ const CYCLES = Number(Deno.env.get("PONTOON_SOAK_CYCLES") ?? 3);
 const KILL_RATE = 0.05;
 
 /** Runs the plugin and SIGKILLs it after a random 0-40 ms with probability KILL_RATE. */
-async function maybeKilled(call: CniCall): Promise<{ killed: boolean; code: number; json: { ips?: { address: string }[] } | null }> {
+async function maybeKilled(
+  call: CniCall,
+): Promise<{ killed: boolean; code: number; json: { ips?: { address: string }[] } | null }> {
   if (Math.random() >= KILL_RATE) {
     const out = await cni(call);
     return { killed: false, code: out.code, json: out.json };
