@@ -17,6 +17,7 @@ set (ADD, DEL, CHECK, STATUS, GC, VERSION) and the network config on stdin.
 CNI spec versions: ${SUPPORTED_VERSIONS.join(", ")}.
 
 Usage:
+  pontoon agent [flags]  the node agent (pod CIDRs from Kubernetes, conflist, routes); --help for flags
   pontoon version        print the version and supported CNI versions
   pontoon --help         this text
 `;
@@ -29,6 +30,8 @@ export function cliMain(args: string[]): Promise<number> {
     case "--version":
       console.log(`pontoon ${VERSION} (CNI ${SUPPORTED_VERSIONS.join(", ")})`);
       return Promise.resolve(0);
+    case "agent":
+      return import("./agent.ts").then(({ agentMain }) => agentMain(args.slice(1)));
     case undefined:
     case "help":
     case "--help":

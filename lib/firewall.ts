@@ -71,3 +71,76 @@ export async function removeMasquerade(network: string): Promise<void> {
   const table = `inet ${masqueradeTable(network)}`;
   await runNftScript(`table ${table} {}\ndelete table ${table}\n`);
 }
+
+// ------------------------------------------------- cluster masquerade (agent)
+
+/** The nft table (`inet`) the node agent owns for cluster-wide masquerade. */
+export const CLUSTER_MASQUERADE_TABLE = "pontoon-cluster";
+
+function scriptSignature(text: string): string {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(text)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  return hash.toString(16).padStart(8, "0");
+}
+
+/**
+ * The nft script that (re)creates the agent's masquerade table atomically:
+ * traffic from this node's pod CIDRs to anywhere outside the cluster CIDRs
+ * (and outside multicast) is masqueraded; pod-to-pod traffic across nodes
+ * (destination inside a cluster CIDR) never is. A family without a cluster
+ * CIDR gets no rule. The table comment carries a signature of the content,
+ * so `clusterMasqueradeInstalled` can tell a current table from a stale one.
+ */
+export function clusterMasqueradeScript(podCidrs: Cidr[], clusterCidrs: Cidr[]): string {
+  const rules: string[] = [];
+  for (const family of [4, 6] as const) {
+    const sources = podCidrs.filter((c) => c.family === family).map(formatCidr);
+    const cluster = clusterCidrs.filter((c) => c.family === family).map(formatCidr);
+    if (sources.length === 0 || cluster.length === 0) continue;
+    const fam = family === 4 ? "ip" : "ip6";
+    const mcast = family === 4 ? "224.0.0.0/4" : "ff00::/8";
+    rules.push(
+      `    ${fam} saddr { ${sources.join(", ")} } ${fam} daddr != { ${cluster.join(", ")} } ` +
+        `${fam} daddr != ${mcast} counter masquerade`,
+    );
+  }
+  const body = [
+    `  chain postrouting {`,
+    `    type nat hook postrouting priority srcnat; policy accept;`,
+    ...rules,
+    `  }`,
+  ].join("\n");
+  const table = `inet ${CLUSTER_MASQUERADE_TABLE}`;
+  return [
+    `table ${table} {}`,
+    `delete table ${table}`,
+    `table ${table} {`,
+    `  comment "Pontoon agent: masquerade pod egress leaving the cluster [${scriptSignature(body)}]"`,
+    body,
+    `}`,
+    "",
+  ].join("\n");
+}
+
+/** True when the agent's masquerade table exists with exactly the content of `script`. */
+export async function clusterMasqueradeInstalled(script: string): Promise<boolean> {
+  const text = await nftOutput(["list", "table", "inet", CLUSTER_MASQUERADE_TABLE]);
+  if (text === null) return false;
+  const signature = /\[([0-9a-f]{8})\]"/.exec(script)?.[1];
+  const wanted = script.split("\n").filter((l) => l.includes(" masquerade")).length;
+  const present = text.split("\n").filter((l) => /\bmasquerade\b/.test(l) && !l.includes("comment")).length;
+  return signature !== undefined && text.includes(`[${signature}]`) && present === wanted;
+}
+
+/** Installs `script` (from `clusterMasqueradeScript`) unless it is already in place; true when it was applied. */
+export async function ensureClusterMasquerade(script: string): Promise<boolean> {
+  if (await clusterMasqueradeInstalled(script)) return false;
+  await runNftScript(script);
+  return true;
+}
+
+/** Removes the agent's masquerade table (absent is fine). */
+export async function removeClusterMasquerade(): Promise<void> {
+  const table = `inet ${CLUSTER_MASQUERADE_TABLE}`;
+  await runNftScript(`table ${table} {}\ndelete table ${table}\n`);
+}
