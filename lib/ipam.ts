@@ -118,7 +118,8 @@ export class IpamStore {
     try {
       return JSON.parse(decoder.decode(Deno.readFileSync(this.#indexPath(att))));
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof SyntaxError) return null;
+      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) return null;
+      if (err instanceof SyntaxError) return null;
       throw err;
     }
   }
@@ -375,6 +376,11 @@ function existingAllocation(store: IpamStore, rangeSets: RangeSet[], att: Attach
 
 /** Releases every address of an attachment; returns what was released. Idempotent. */
 export function releaseAddresses(store: IpamStore, att: Attachment): string[] {
+  // Only the index names what to release. Without a record (never added,
+  // already released, or no store at all) there is nothing to do, and DEL
+  // must not fail on a store it cannot create. The spec runs no two
+  // operations on one attachment at once, so reading it unlocked is safe.
+  if (!store.readIndex(att)) return [];
   return store.locked(() => releaseUnlocked(store, att));
 }
 

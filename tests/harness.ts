@@ -12,6 +12,15 @@ export const PLUGIN = new URL("../dist/pontoon", import.meta.url).pathname;
 /** Where the reference plugins live (Debian's containernetworking-plugins). */
 export const REFERENCE_DIR = "/usr/lib/cni";
 
+/** The `ip` binary (CI's PATH may lack the sbin directories). */
+export const IP = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].find((p) => {
+  try {
+    return Deno.statSync(p).isFile;
+  } catch {
+    return false;
+  }
+}) ?? "ip";
+
 const decoder = new TextDecoder();
 let counter = 0;
 
@@ -83,6 +92,8 @@ export interface CniCall {
   rawStdin?: string;
   /** Binary to run; defaults to the plugin under test. */
   binary?: string;
+  /** Run the plugin inside this named netns (`ip netns exec`), as if it were the node. */
+  nodeNetns?: string;
 }
 
 /** What an invocation produced. */
@@ -107,7 +118,9 @@ export async function cni(call: CniCall): Promise<CniOutput> {
   };
   const clean: Record<string, string> = { PATH: Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
   for (const [k, v] of Object.entries(env)) if (v !== undefined) clean[k] = v;
-  const child = new Deno.Command(call.binary ?? PLUGIN, {
+  const binary = call.binary ?? PLUGIN;
+  const child = new Deno.Command(call.nodeNetns ? IP : binary, {
+    args: call.nodeNetns ? ["netns", "exec", call.nodeNetns, binary] : [],
     env: clean,
     clearEnv: true,
     stdin: "piped",
@@ -181,8 +194,23 @@ export function testNet(options: { v6?: boolean; subnet?: string; ipam?: Record<
       await delLinks(bridge);
       await delNftTables(`pontoon-${name}`);
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      removeMarkers(bridge, name);
     },
   };
+}
+
+/** Removes Pontoon's per-node markers (/run/pontoon/state) for a bridge and a network. */
+export function removeMarkers(bridge: string, network: string): void {
+  const dir = "/run/pontoon/state";
+  try {
+    for (const e of Deno.readDirSync(dir)) {
+      if (e.name.endsWith(`-bridge-${bridge}`) || e.name.endsWith(`-masq-${network}`)) {
+        try {
+          Deno.removeSync(`${dir}/${e.name}`);
+        } catch { /* raced */ }
+      }
+    }
+  } catch { /* no state dir */ }
 }
 
 /** Node state the plugin could have changed for a network. */
