@@ -24,7 +24,7 @@ import {
 import { containerIdProblem, ifnameProblem, isSupportedVersion, printable, SUPPORTED_VERSIONS } from "./cni.ts";
 import { CniError, ErrorCode } from "./errors.ts";
 import { isLogLevel, type LogLevel } from "./log.ts";
-import { fromAnyVersion, type Result } from "./result.ts";
+import { fromAnyVersion, readDns, type Result, type ResultDns } from "./result.ts";
 
 /** The IPAM type served by Pontoon itself. */
 export const BUILTIN_IPAM = "pontoon-ipam";
@@ -94,6 +94,8 @@ export interface NetConf {
   /** MAC requested through `runtimeConfig.mac`. */
   requestedMac?: string;
   prevResult?: Result;
+  /** DNS settings for the result (`dns`). */
+  dns?: ResultDns;
   logFile?: string;
   logLevel?: LogLevel;
   /** The node agent's socket, when the node runs one. */
@@ -107,6 +109,10 @@ export interface NetConf {
 /** Throws code 7 naming `field`. */
 function invalid(field: string, problem: string): never {
   throw new CniError(ErrorCode.InvalidConfig, `${field}: ${problem}`);
+}
+
+function invalidConfig(what: string): never {
+  throw new CniError(ErrorCode.InvalidConfig, what);
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -322,6 +328,11 @@ function parseAttachments(raw: Record<string, unknown>): Attachment[] | undefine
 export interface LoadOptions {
   /** Whether IPAM settings are needed (false for VERSION-like uses). */
   needIpam?: boolean;
+  /**
+   * Skip `prevResult` (DEL, GC, STATUS use none): a result a chained plugin
+   * mangled must not block a pod's teardown.
+   */
+  ignorePrevResult?: boolean;
 }
 
 /**
@@ -366,7 +377,7 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
   const agentSocket = optString(raw, "agentSocket");
 
   let prevResult: Result | undefined;
-  if (raw.prevResult !== undefined && raw.prevResult !== null) {
+  if (raw.prevResult !== undefined && raw.prevResult !== null && !options.ignorePrevResult) {
     prevResult = fromAnyVersion(raw.prevResult, "prevResult");
   }
 
@@ -388,6 +399,7 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
     requestedIps: parseRequestedIps(raw),
     requestedMac,
     prevResult,
+    dns: raw.dns === undefined || raw.dns === null ? undefined : readDns(raw.dns, "dns", invalidConfig),
     logFile: logFile === undefined ? undefined : absolutePath("logFile", logFile),
     logLevel: logLevel as LogLevel | undefined,
     agentSocket: agentSocket === undefined ? undefined : absolutePath("agentSocket", agentSocket),

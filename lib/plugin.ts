@@ -28,7 +28,7 @@ import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, re
 import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
 import { markerMatches, writeMarker } from "./nodestate.ts";
-import { fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
+import { appendResult, fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
 import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
 /** What one invocation prints and its exit code. */
@@ -115,7 +115,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     });
     faultPoint("after-pod");
 
-    return {
+    const result: Result = {
       cniVersion: conf.cniVersion,
       interfaces: [
         { name: conf.bridge, mac: bridgeMac, mtu },
@@ -128,8 +128,9 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
         interface: 2,
       })),
       routes: routes.map(toResultRoute),
-      dns: { ...(conf.raw.dns as Result["dns"] ?? {}), ...(ipam.dns ?? {}) },
+      dns: { ...(conf.dns ?? {}), ...(ipam.dns ?? {}) },
     };
+    return conf.prevResult ? appendResult(conf.prevResult, result) : result;
   } catch (err) {
     for (const step of undo.reverse()) {
       await step().catch((e) => log("error", "undo step failed", { error: String(e) }));
@@ -440,7 +441,7 @@ export async function runPlugin(envVars: Record<string, string | undefined>, std
     if (env.command === "VERSION") return { stdout: cmdVersion(stdin), code: 0 };
     const raw = decodeConfig(stdin);
     if (typeof raw.cniVersion === "string" && raw.cniVersion !== "") version = raw.cniVersion;
-    const conf = loadNetConf(raw);
+    const conf = loadNetConf(raw, { ignorePrevResult: env.command !== "ADD" && env.command !== "CHECK" });
     configureLog({ level: conf.logLevel ?? "warn", file: conf.logFile });
     setLogContext({
       command: env.command,

@@ -210,6 +210,47 @@ export function fromAnyVersion(raw: unknown, where: string): Result {
       return out;
     });
   }
-  if (isObject(raw.dns)) result.dns = raw.dns as ResultDns;
+  if (raw.dns !== undefined && raw.dns !== null) result.dns = readDns(raw.dns, `${where}.dns`);
   return result;
+}
+
+/**
+ * Checks a `dns` object (a config's or a result's): `nameservers`, `search`
+ * and `options` lists of strings, `domain` a string. Throws code 6 naming
+ * the field; use `onError` to report another code.
+ */
+export function readDns(raw: unknown, where: string, onError: (what: string) => never = fail): ResultDns {
+  if (!isObject(raw)) onError(`${where} must be an object`);
+  const out: ResultDns = {};
+  for (const key of ["nameservers", "search", "options"] as const) {
+    const v = raw[key];
+    if (v === undefined || v === null) continue;
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) onError(`${where}.${key} must be a list of strings`);
+    out[key] = v as string[];
+  }
+  if (raw.domain !== undefined && raw.domain !== null) {
+    if (typeof raw.domain !== "string") onError(`${where}.domain must be a string`);
+    out.domain = raw.domain;
+  }
+  return out;
+}
+
+/**
+ * Passes a chained plugin's `prevResult` through ADD (SPEC §2 ADD): its
+ * interfaces, addresses and routes come first, and the interface indexes
+ * of `ours` are shifted past them.
+ */
+export function appendResult(prev: Result, ours: Result): Result {
+  const offset = prev.interfaces?.length ?? 0;
+  const dns = { ...(prev.dns ?? {}), ...(ours.dns ?? {}) };
+  return {
+    cniVersion: ours.cniVersion,
+    interfaces: [...(prev.interfaces ?? []), ...(ours.interfaces ?? [])],
+    ips: [
+      ...(prev.ips ?? []),
+      ...(ours.ips ?? []).map((ip) => ip.interface === undefined ? ip : { ...ip, interface: ip.interface + offset }),
+    ],
+    routes: [...(prev.routes ?? []), ...(ours.routes ?? [])],
+    dns: dnsIsEmpty(dns) ? undefined : dns,
+  };
 }

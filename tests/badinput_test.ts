@@ -159,7 +159,9 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
     // One live pod, so the store, bridge and masquerade table exist.
     const live = await cni({ command: "ADD", conf, containerId: existing, netns: pe });
     assertOk(live);
-    const before = await snapshot(net);
+    const before = await snapshot(net, [probe]);
+    assert.ok(before.nftRules.some((r) => r.includes("masquerade")), "the snapshot sees no masquerade rule");
+    assert.ok(before.pods.some((p) => p.endsWith(" lo")), "the snapshot sees no pod link");
     for (const bad of CASES) {
       await t.step(bad.name, async () => {
         const call: CniCall = {
@@ -170,14 +172,14 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
           ...bad.call({ conf, netns: pp, id: probe, subnet }),
         };
         assertCniError(await cni(call), bad.code, bad.pattern);
-        assert.deepEqual(await snapshot(net), before, `${bad.name} changed the node`);
+        assert.deepEqual(await snapshot(net, [probe]), before, `${bad.name} changed the node`);
       });
     }
     await t.step("requested IP already taken by another container", async () => {
       const taken = live.json.ips[0].address.split("/")[0];
       const out = await cni({ command: "ADD", conf, containerId: probe, netns: pp, args: `IP=${taken}` });
       assertCniError(out, 101, new RegExp(`${taken.replace(/\./g, "\\.")} .* held by container ${existing}`));
-      assert.deepEqual(await snapshot(net), before);
+      assert.deepEqual(await snapshot(net, [probe]), before);
     });
     assertOk(await cni({ command: "DEL", conf, containerId: existing, netns: pe }));
   } finally {

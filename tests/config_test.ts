@@ -90,6 +90,17 @@ Deno.test("invalid fields are named in code 7 errors", () => {
   rejects({ ...BASE, runtimeConfig: { mac: "01:00:00:00:00:01" } }, 7, /runtimeConfig.mac: .* not a unicast/);
   rejects({ ...BASE, logLevel: "loud" }, 7, /^logLevel:/);
   rejects({ ...BASE, "cni.dev/valid-attachments": [{ containerID: 1 }] }, 7, /valid-attachments\[0\]/);
+  rejects({ ...BASE, dns: "8.8.8.8" }, 7, /^dns must be an object/);
+  rejects({ ...BASE, dns: { nameservers: "8.8.8.8" } }, 7, /^dns.nameservers must be a list of strings/);
+  rejects({ ...BASE, dns: { domain: 5 } }, 7, /^dns.domain must be a string/);
+});
+
+Deno.test("dns is checked and kept; prevResult is read for ADD and CHECK but may be skipped (DEL)", () => {
+  const dns = { nameservers: ["10.96.0.10"], search: ["svc.cluster.local"], domain: "cluster.local" };
+  assert.deepEqual(loadNetConf({ ...BASE, dns }).dns, dns);
+  const mangled = { ...BASE, prevResult: { cniVersion: "1.1.0", ips: [{ address: "not-an-address" }] } };
+  assert.throws(() => loadNetConf(mangled), (e) => (e as CniError).code === 6);
+  assert.equal(loadNetConf(mangled, { ignorePrevResult: true }).prevResult, undefined);
 });
 
 Deno.test("stdin decoding: malformed JSON and non-objects are code 6", () => {

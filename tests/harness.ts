@@ -218,7 +218,11 @@ export interface NodeSnapshot {
   links: string[];
   addresses: string[];
   nftTables: string[];
+  /** The rules of the network's masquerade table (empty when absent). */
+  nftRules: string[];
   ipamFiles: string[];
+  /** Links and addresses inside the named pod netns given to `snapshot`. */
+  pods: string[];
 }
 
 function listTree(dir: string, prefix = ""): string[] {
@@ -238,7 +242,7 @@ function listTree(dir: string, prefix = ""): string[] {
  * Snapshots what a plugin call may touch: the network's bridge and its
  * ports, their addresses, Pontoon's nft tables, and the IPAM store.
  */
-export async function snapshot(net: TestNet): Promise<NodeSnapshot> {
+export async function snapshot(net: TestNet, pods: string[] = []): Promise<NodeSnapshot> {
   const links = JSON.parse(await must("ip", ["-j", "-d", "addr", "show"])) as {
     ifname: string;
     master?: string;
@@ -246,11 +250,24 @@ export async function snapshot(net: TestNet): Promise<NodeSnapshot> {
   }[];
   const ours = links.filter((l) => l.ifname === net.bridge || l.master === net.bridge);
   const tables = (await must("nft", ["list", "tables"])).split("\n").filter((l) => l.includes("pontoon"));
+  const rules = await sh("nft", ["list", "table", "inet", `pontoon-${net.name}`]);
+  const podState: string[] = [];
+  for (const pod of pods) {
+    const podLinks = JSON.parse(await must("ip", ["-n", pod, "-j", "addr", "show"])) as typeof links;
+    for (const l of podLinks) {
+      podState.push(
+        `${pod} ${l.ifname}`,
+        ...(l.addr_info ?? []).map((a) => `${pod} ${l.ifname} ${a.local}/${a.prefixlen}`),
+      );
+    }
+  }
   return {
     links: ours.map((l) => l.ifname).sort(),
     addresses: ours.flatMap((l) => (l.addr_info ?? []).map((a) => `${l.ifname} ${a.local}/${a.prefixlen}`)).sort(),
     nftTables: tables.sort(),
+    nftRules: rules.code === 0 ? rules.stdout.split("\n").map((l) => l.trim()).filter((l) => l !== "") : [],
     ipamFiles: listTree(net.dataDir),
+    pods: podState.sort(),
   };
 }
 

@@ -510,3 +510,82 @@ Deno.test("vlan makes the pod port an untagged VLAN member, or fails cleanly whe
     await net.cleanup();
   }
 });
+
+Deno.test("logs go to stderr and the log file, never stdout: ADD prints one result document, other verbs nothing", async () => {
+  const net = testNet();
+  const a = uniq("tlg");
+  const logFile = `${net.dataDir}/pontoon.log`;
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { logLevel: "debug", logFile });
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    assert.equal(add.stdout, JSON.stringify(add.json) + "\n", "ADD printed more than its result");
+    const outputs = [
+      await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }),
+      await cni({ command: "STATUS", conf }),
+      await cni({
+        command: "GC",
+        conf: { ...conf, "cni.dev/valid-attachments": [{ containerID: a, ifname: "eth0" }] },
+      }),
+      await cni({ command: "DEL", conf, containerId: a, netns: pa }),
+    ];
+    for (const out of [add, ...outputs]) {
+      assertOk(out);
+      const lines = out.stderr.trim().split("\n");
+      assert.ok(lines.length > 0 && lines.every((l) => typeof JSON.parse(l).level === "string"), out.stderr);
+    }
+    for (const out of outputs) assert.equal(out.stdout, "");
+    const logged = (await Deno.readTextFile(logFile)).trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual([...new Set(logged.map((l) => l.command))].sort(), ["ADD", "CHECK", "DEL", "GC", "STATUS"]);
+    // An error is a JSON document on stdout, and the log on stderr says the same.
+    const bad = await cni({ command: "ADD", conf: { ...conf, mtu: 1 }, containerId: a, netns: pa });
+    assertCniError(bad, 7, /^mtu:/);
+    assert.equal(bad.stdout, JSON.stringify(bad.json) + "\n");
+    assert.match(bad.stderr, /mtu: 1 is outside/);
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+Deno.test("ADD passes a chained prevResult through in the config's version; DEL ignores a mangled prevResult", async () => {
+  const net = testNet();
+  const a = uniq("tpr");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("0.4.0");
+    const prevResult = {
+      cniVersion: "0.4.0",
+      interfaces: [{ name: "lo", sandbox: pa }],
+      ips: [{ version: "4", address: "127.0.0.1/8", interface: 0 }],
+      dns: { nameservers: ["10.96.0.10"] },
+    };
+    const add = await cni({ command: "ADD", conf: { ...conf, prevResult }, containerId: a, netns: pa });
+    assertOk(add);
+    assert.equal(add.json.cniVersion, "0.4.0");
+    assert.deepEqual(add.json.interfaces.map((i: { name: string }) => i.name), [
+      "lo",
+      net.bridge,
+      add.json.interfaces[2].name,
+      "eth0",
+    ]);
+    assert.deepEqual(add.json.ips.map((i: { interface: number; version: string }) => [i.interface, i.version]), [[
+      0,
+      "4",
+    ], [3, "4"]]);
+    assert.deepEqual(add.json.dns, { nameservers: ["10.96.0.10"] });
+    assertOk(
+      await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }),
+      "CHECK",
+    );
+    const mangled = { cniVersion: "0.4.0", ips: [{ version: "4", address: "garbage" }], routes: "nope" };
+    assertOk(await cni({ command: "DEL", conf: { ...conf, prevResult: mangled }, containerId: a, netns: pa }), "DEL");
+    const after = await snapshot(net);
+    assert.deepEqual(after.links, [net.bridge]);
+    assert.ok(!after.ipamFiles.some((f) => /\d+\.\d+\.\d+\.\d+$/.test(f)), String(after.ipamFiles));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});

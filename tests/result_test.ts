@@ -1,7 +1,7 @@
 /** Unit tests: result conversion between 0.3.x/0.4.0 and 1.x shapes. */
 import assert from "node:assert/strict";
 import { CniError } from "../lib/errors.ts";
-import { fromAnyVersion, type Result, toVersion } from "../lib/result.ts";
+import { appendResult, fromAnyVersion, type Result, toVersion } from "../lib/result.ts";
 
 const RESULT: Result = {
   cniVersion: "1.1.0",
@@ -50,4 +50,20 @@ Deno.test("a 0.4.0 prevResult reads back into the internal shape; garbage is a d
     assert.throws(() => fromAnyVersion(bad, "prevResult"), (e) => e instanceof CniError && e.code === 6);
   }
   assert.throws(() => fromAnyVersion({ cniVersion: "0.2.0" }, "prevResult"), (e) => (e as CniError).code === 1);
+});
+
+Deno.test("a chained prevResult passes through ADD: its entries first, our interface indexes shifted", () => {
+  const prev: Result = {
+    cniVersion: "1.1.0",
+    interfaces: [{ name: "lo", sandbox: "/run/netns/p" }],
+    ips: [{ address: "127.0.0.1/8", interface: 0 }],
+    routes: [{ dst: "10.0.0.0/8" }],
+    dns: { nameservers: ["10.96.0.10"] },
+  };
+  const merged = appendResult(prev, RESULT);
+  assert.deepEqual(merged.interfaces?.map((i) => i.name), ["lo", "br0", "pn0", "eth0"]);
+  assert.deepEqual(merged.ips?.map((i) => i.interface), [0, 3, 3]);
+  assert.deepEqual(merged.routes?.map((r) => r.dst), ["10.0.0.0/8", "0.0.0.0/0", "::/0"]);
+  assert.deepEqual(merged.dns, { nameservers: ["10.96.0.10"] });
+  assert.equal(appendResult({ cniVersion: "1.1.0" }, RESULT).dns, undefined);
 });

@@ -11,7 +11,7 @@
  * bridge plugin, so a fixture break shows up there too.)
  */
 import assert from "node:assert/strict";
-import { cni as callPlugin, PLUGIN } from "./harness.ts";
+import { cni as callPlugin, PLUGIN, removeMarkers } from "./harness.ts";
 import {
   buildCnitool,
   cleanupPortmap,
@@ -42,7 +42,6 @@ import {
 } from "./runtimes.ts";
 
 const REFERENCE_PLUGINS = "/usr/lib/cni";
-const STATE_DIR = "/run/pontoon/state";
 
 /** Registers a test, skipped with a message when a binary or reference plugin is absent. */
 function runtimeTest(name: string, bins: string[], fn: () => Promise<void>): void {
@@ -105,11 +104,7 @@ async function runtimeNet(prefix: string): Promise<RuntimeNet> {
       await cleanupPortmap(name);
       await deleteLink(bridge);
       await run(["nft", "delete", "table", "inet", `pontoon-${name}`]);
-      for (const e of readDirNames(STATE_DIR)) {
-        if (e.endsWith(`-bridge-${bridge}`) || e.endsWith(`-masq-${name}`)) {
-          await Deno.remove(`${STATE_DIR}/${e}`).catch(() => {});
-        }
-      }
+      removeMarkers(bridge, name);
       await removeDir(tmp);
     },
   };
