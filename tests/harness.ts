@@ -240,7 +240,8 @@ function listTree(dir: string, prefix = ""): string[] {
 
 /**
  * Snapshots what a plugin call may touch: the network's bridge and its
- * ports, their addresses, Pontoon's nft tables, and the IPAM store.
+ * ports, their addresses, the network's nft table and its rules, the IPAM
+ * store, and the links and addresses in the given pod netns.
  */
 export async function snapshot(net: TestNet, pods: string[] = []): Promise<NodeSnapshot> {
   const links = JSON.parse(await must("ip", ["-j", "-d", "addr", "show"])) as {
@@ -249,7 +250,9 @@ export async function snapshot(net: TestNet, pods: string[] = []): Promise<NodeS
     addr_info?: { local: string; prefixlen: number }[];
   }[];
   const ours = links.filter((l) => l.ifname === net.bridge || l.master === net.bridge);
-  const tables = (await must("nft", ["list", "tables"])).split("\n").filter((l) => l.includes("pontoon"));
+  // Only this network's table: other engineers' tests add and remove theirs meanwhile.
+  const tables = (await must("nft", ["list", "tables"])).split("\n")
+    .filter((l) => l.trim() === `table inet pontoon-${net.name}`);
   const rules = await sh("nft", ["list", "table", "inet", `pontoon-${net.name}`]);
   const podState: string[] = [];
   for (const pod of pods) {

@@ -231,7 +231,8 @@ Deno.test("a fault injected after reservation, after the veth or after pod setup
 });
 
 Deno.test("50 ADDs in parallel on a node without the bridge all succeed with distinct addresses", async () => {
-  const net = testNet({ subnet: "10.199.0.0/22" });
+  // A /22 per test process: other engineers run this suite on the same machine.
+  const net = testNet({ subnet: `10.199.${(Deno.pid % 64) * 4}.0/22` });
   const names = Array.from({ length: 50 }, (_, i) => uniq(`tq${i}`));
   try {
     const paths = await addNetns(...names);
