@@ -91,6 +91,9 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     if (conf.ipMasq) await ensureMasquerade(conf, ipam);
 
     const hostMac = randomMac();
+    // Registered first: addVeth sets hairpin and VLANs after the link exists,
+    // and a failure there must not leave the veth behind.
+    undo.push(() => removeVeth(host));
     await addVeth({
       host,
       hostMac,
@@ -102,7 +105,6 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
       hairpin: conf.hairpinMode,
       vlan: conf.vlan,
     });
-    undo.push(() => removeVeth(host));
     faultPoint("after-veth");
 
     const routes = podRoutes(conf, ipam);
