@@ -48,11 +48,14 @@ async function makeNode(): Promise<Node> {
   };
 }
 
+let netCounter = 0;
+
 /** A network config for a node; the bridge lives in the node's netns. */
 function nodeConf(options: { v6?: boolean; isGateway?: boolean; dataDir: string }) {
   const name = uniq("tnn");
   const bridge = uniq("tnb");
-  const n = (Deno.pid + Math.floor(Math.random() * 200)) % 250;
+  // Distinct per network of this process; the node netns has no other routes.
+  const n = (Deno.pid + ++netCounter) % 250;
   const ranges: unknown[] = [[{ subnet: `10.196.${n}.0/24` }]];
   if (options.v6) ranges.push([{ subnet: `fd5f:${n.toString(16)}::/64` }]);
   return {
