@@ -321,3 +321,11 @@ export async function inspectPod(netns: string, ifname: string): Promise<PodView
     routes: routes.filter((r) => r.table === undefined),
   };
 }
+
+/** The bridge's global (non-link-local) addresses with their prefix; empty when it is absent. */
+export async function bridgeAddresses(bridge: string): Promise<Cidr[]> {
+  if (!linkExists(bridge)) return [];
+  const [link] = await showJson<{ addr_info?: AddrInfo[] }>(["addr", "show", "dev", bridge]);
+  return (link?.addr_info ?? []).filter((a) => a.scope !== "link")
+    .map((a) => parseCidr(`${a.local}/${a.prefixlen}`)).filter((c): c is Cidr => c !== null);
+}

@@ -8,6 +8,7 @@
 import { canonicalNetwork, type Cidr, type Family, formatIp, type Ip, parseCidr, parseIp } from "./addr.ts";
 import {
   addVeth,
+  bridgeAddresses,
   bridgePorts,
   configurePod,
   ensureBridge,
@@ -314,11 +315,28 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
     });
     if (!present) failed(`route ${route.dst}${route.gw ? ` via ${route.gw}` : ""} is missing in ${env.netns}`);
   }
+  if (conf.isGateway) await checkGateways(conf, expected);
   await checkIpam(env, conf, expected.map((i) => i.address));
   if (conf.ipMasq) {
     const subnets = expected.map((i) => canonicalNetwork(parseCidr(i.address)!));
     if (!(await masqueradeInstalled(conf.name, subnets))) {
       failed(`masquerade table for network ${conf.name} is missing`);
+    }
+  }
+}
+
+/** The gateway of each expected address must sit on the bridge (ADD put it there). */
+async function checkGateways(conf: NetConf, expected: { address: string; gateway?: string }[]): Promise<void> {
+  const present = await bridgeAddresses(conf.bridge);
+  for (const ip of expected) {
+    if (!ip.gateway) continue;
+    const gw = parseIp(ip.gateway)!;
+    const prefix = parseCidr(ip.address)!.prefix;
+    if (!present.some((p) => p.family === gw.family && p.value === gw.value && p.prefix === prefix)) {
+      throw new CniError(
+        ErrorCode.CheckFailed,
+        `gateway ${ip.gateway}/${prefix} is missing from bridge ${conf.bridge}`,
+      );
     }
   }
 }

@@ -92,7 +92,7 @@ for (const version of VERSIONS) {
   });
 }
 
-Deno.test("CHECK fails with a specific error after the pod's address or the host veth is removed", async () => {
+Deno.test("CHECK fails with a specific error after the pod's address, the bridge's gateway or the host veth is removed", async () => {
   const net = testNet({ v6: true });
   const a = uniq("tpc");
   try {
@@ -113,6 +113,19 @@ Deno.test("CHECK fails with a specific error after the pod's address or the host
     await must("ip", ["-n", a, "addr", "add", v4, "dev", "eth0"]);
     await must("ip", ["-n", a, "route", "add", "default", "via", add.json.ips[0].gateway]);
     assertOk(await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }), "CHECK after repair");
+
+    const gw6 = `${add.json.ips[1].gateway}/64`;
+    await must("ip", ["addr", "del", gw6, "dev", net.bridge]);
+    assertCniError(
+      await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }),
+      104,
+      new RegExp(`gateway ${gw6} is missing from bridge ${net.bridge}`),
+    );
+    await must("ip", ["addr", "add", gw6, "dev", net.bridge, "nodad"]);
+    assertOk(
+      await cni({ command: "CHECK", conf: withPrev, containerId: a, netns: pa }),
+      "CHECK after the gateway is back",
+    );
 
     await must("ip", ["link", "del", add.json.interfaces[1].name]);
     assertCniError(
