@@ -14,7 +14,8 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type Readiness, startApiServer } from "./api.ts";
+import { type AgentCounters, type AgentState, type AgentStateSource, zeroCounters } from "./agentstate.ts";
+import { startApiServer } from "./api.ts";
 import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 import {
@@ -219,7 +220,7 @@ function setSysctl(key: string, value: string): void {
 // ------------------------------------------------------------ the agent
 
 /** The agent's state: the Node view, what was last applied, and readiness. */
-export class Agent {
+export class Agent implements AgentStateSource {
   readonly #options: AgentOptions;
   readonly #nodes = new Map<string, KubeNode>();
   #listed = false;
@@ -235,10 +236,14 @@ export class Agent {
   #running: Promise<void> | null = null;
   #again = false;
   #warnedMasquerade = false;
+  readonly #counters: AgentCounters = zeroCounters();
+  readonly #startedAt = new Date().toISOString();
+  readonly #apiServer: string;
 
   /** Makes an agent with `options`; nothing happens until events arrive. */
-  constructor(options: AgentOptions) {
+  constructor(options: AgentOptions, apiServer = "") {
     this.#options = options;
+    this.#apiServer = apiServer;
   }
 
   /** Informer callbacks that feed this agent. */
@@ -248,9 +253,13 @@ export class Agent {
       onEvent: (event) => this.applyEvent(event),
       onError: (err, retryInMs) => {
         this.#apiError = err.message;
+        this.#counters.apiErrors++;
         log("error", `Kubernetes API: ${err.message}; retrying in ${(retryInMs / 1000).toFixed(1)}s`);
       },
-      onExpired: (err) => log("info", `watch expired (${err.message}); listing nodes again`),
+      onExpired: (err) => {
+        this.#counters.expired++;
+        log("info", `watch expired (${err.message}); listing nodes again`);
+      },
     };
   }
 
@@ -261,6 +270,7 @@ export class Agent {
     if (this.#apiError !== undefined) log("info", "Kubernetes API reachable again");
     this.#apiError = undefined;
     this.#listed = true;
+    this.#counters.lists++;
     log("debug", "listed nodes", { count: nodes.length });
     void this.schedule();
   }
@@ -271,6 +281,7 @@ export class Agent {
     if (event.type === "DELETED") this.#nodes.delete(name);
     else this.#nodes.set(name, event.node);
     this.#apiError = undefined;
+    this.#counters.events++;
     log("debug", `node ${event.type.toLowerCase()}`, { node: name });
     void this.schedule();
   }
@@ -290,6 +301,7 @@ export class Agent {
         try {
           await this.reconcile();
         } catch (err) {
+          this.#counters.reconcileErrors++;
           log("error", `reconcile failed: ${(err as Error).message}`);
         }
       } while (this.#again);
@@ -325,6 +337,7 @@ export class Agent {
     await this.#reconcileRoutes(cidrs);
     this.#lastSync = new Date().toISOString();
     this.#reason = "synced";
+    this.#counters.reconciles++;
   }
 
   #notReady(reason: string): void {
@@ -343,6 +356,7 @@ export class Agent {
       portmap: hasPlugin(o.cniBinDir, "portmap"),
     });
     if (writeConflistIfChanged(o.cniConfDir, renderConflist(doc))) {
+      this.#counters.conflistWrites++;
       log("info", `wrote ${o.cniConfDir}/${CONFLIST_FILE}`, { podCIDRs: cidrs.map(formatCidr) });
     }
     this.#conflistWritten = true;
@@ -375,6 +389,12 @@ export class Agent {
       );
     }
     const failures = await applyRouteChanges(changes);
+    this.#counters.routesRemoved += changes.remove.length;
+    for (const r of changes.put) {
+      if (table.owned.some((o) => formatCidr(o.dst) === formatCidr(r.dst))) this.#counters.routesReplaced++;
+      else this.#counters.routesAdded++;
+    }
+    this.#counters.routeFailures += failures.length;
     for (const f of failures) log("error", `route change failed: ip ${f.command.join(" ")}: ${f.error}`);
     this.#routes = desired.routes;
     this.#problems = desired.problems;
@@ -400,19 +420,28 @@ export class Agent {
     this.#loggedProblems = new Set([...current, ...own]);
   }
 
-  /** What `/readyz` answers. */
-  readiness(): Readiness {
+  /** A snapshot of the agent's state (what `/readyz`, the REST API and metrics report). */
+  state(): AgentState {
     return {
       ready: this.synced,
       reason: this.synced ? "synced" : this.#reason,
       node: this.#options.nodeName,
+      apiServer: this.#apiServer,
       podCIDRs: this.#podCidrs.map(formatCidr),
       conflist: this.#conflistWritten ? `${this.#options.cniConfDir}/${CONFLIST_FILE}` : null,
       routes: this.#routes.map((r) => ({ node: r.node, dst: formatCidr(r.dst), via: formatIp(r.gateway) })),
-      problems: this.#problems,
+      problems: this.#problems.map((p) => ({ ...p })),
+      nodesKnown: this.#nodes.size,
       apiError: this.#apiError ?? null,
       lastSync: this.#lastSync ?? null,
+      startedAt: this.#startedAt,
+      counters: { ...this.#counters },
     };
+  }
+
+  /** What `/readyz` answers: the state snapshot. */
+  readiness(): AgentState {
+    return this.state();
   }
 }
 
@@ -489,7 +518,7 @@ export async function agentMain(args: string[]): Promise<number> {
     credentials: client.target.source,
     clusterCIDRs: parsed.clusterCidrs.map(formatCidr),
   });
-  const agent = new Agent(parsed);
+  const agent = new Agent(parsed, client.target.server);
   try {
     return parsed.once ? await runOnce(agent, client, 60_000) : await runForever(agent, client, parsed);
   } catch (err) {

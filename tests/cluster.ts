@@ -464,6 +464,11 @@ export class SimCluster {
     return out.code === 0;
   }
 
+  /** The test namespace's link into the underlay (its addresses are `prefix4.254` and `prefix6 + "fe"`). */
+  get hostLink(): string {
+    return this.#hostLink;
+  }
+
   /** Makes one more bare namespace (removed by destroy), for tests that need a throwaway node. */
   async extraNetns(prefix: string): Promise<string> {
     const name = `${prefix}${this.#tag}`.slice(0, 15);
@@ -531,16 +536,20 @@ export class RouteMonitor {
 }
 
 /**
- * Captures one packet matching `filter` on `pod`'s eth0 (tcpdump), started
- * before `trigger` runs; returns tcpdump's line for it, or null.
+ * Captures one packet matching `filter` on interface `iface` of netns
+ * `netns` (null: the test's own namespace) with tcpdump, started before
+ * `trigger` runs; returns tcpdump's line for it, or null.
  */
-export async function capture(pod: SimPod, filter: string, trigger: () => Promise<unknown>): Promise<string | null> {
-  const child = new Deno.Command("ip", {
-    args: ["netns", "exec", pod.netns, "tcpdump", "-n", "-l", "-i", "eth0", "-c", "1", filter],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+export async function capture(
+  netns: string | null,
+  iface: string,
+  filter: string,
+  trigger: () => Promise<unknown>,
+): Promise<string | null> {
+  const tcpdump = ["tcpdump", "-n", "-l", "-i", iface, "-c", "1", filter];
+  const args = netns === null ? tcpdump : ["ip", "netns", "exec", netns, ...tcpdump];
+  const child = new Deno.Command(args[0], { args: args.slice(1), stdin: "null", stdout: "piped", stderr: "piped" })
+    .spawn();
   const out = new Response(child.stdout).text();
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
   let err = "";

@@ -100,6 +100,14 @@ Deno.test({
 
       await t.step("every node routes to every other node's pod CIDRs via its InternalIP (proto 158)", async () => {
         await routesConverge(c, others);
+        const state = c.readiness(n1).body as {
+          routes: unknown[];
+          counters: Record<string, number>;
+          nodesKnown: number;
+        };
+        assert.equal(state.routes.length, 4);
+        assert.equal(state.nodesKnown, 3);
+        assert.ok(state.counters.routesAdded >= 4 && state.counters.lists >= 1, JSON.stringify(state.counters));
       });
 
       const pods = [await c.addPod(n1), await c.addPod(n2), await c.addPod(n3)];
@@ -114,13 +122,40 @@ Deno.test({
 
       await t.step("the other pod sees the sender's real address (no NAT across nodes)", async () => {
         for (
-          const [filter, dst] of [[`icmp and src host ${p1.ip4}`, p2.ip4], [`icmp6 and src host ${p1.ip6}`, p2.ip6]]
+          const [filter, dst] of [[`icmp[icmptype] == icmp-echo and src host ${p1.ip4}`, p2.ip4], [
+            `icmp6[icmp6type] == icmp6-echo and src host ${p1.ip6}`,
+            p2.ip6,
+          ]]
         ) {
-          const seen = await capture(p2, filter, () => c.ping(p1, dst, 3));
+          const seen = await capture(p2.netns, "eth0", filter, () => c.ping(p1, dst, 3));
           assert.ok(seen, `${p2.name} saw no packet matching "${filter}"`);
         }
-        const seen3 = await capture(p3, `icmp and src host ${p1.ip4}`, () => c.ping(p1, p3.ip4, 3));
+        const seen3 = await capture(
+          p3.netns,
+          "eth0",
+          `icmp[icmptype] == icmp-echo and src host ${p1.ip4}`,
+          () => c.ping(p1, p3.ip4, 3),
+        );
         assert.ok(seen3, "node 3's pod saw no packet from node 1's pod address");
+      });
+
+      await t.step("egress leaving the cluster CIDR is masqueraded to the node's address (v4 and v6)", async () => {
+        const outside4 = `${c.prefix4}.254`;
+        const outside6 = `${c.prefix6}fe`;
+        const seen4 = await capture(
+          null,
+          c.hostLink,
+          `icmp[icmptype] == icmp-echo and src host ${n1.ip4}`,
+          () => c.ping(p1, outside4, 3),
+        );
+        assert.ok(seen4, `the outside saw no IPv4 packet from node 1's address ${n1.ip4}`);
+        const seen6 = await capture(
+          null,
+          c.hostLink,
+          `icmp6[icmp6type] == icmp6-echo and src host ${n1.ip6}`,
+          () => c.ping(p1, outside6, 3),
+        );
+        assert.ok(seen6, `the outside saw no IPv6 packet from node 1's address ${n1.ip6}`);
       });
 
       await t.step("a route deleted by hand comes back", async () => {
