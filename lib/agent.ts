@@ -16,7 +16,14 @@ import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
 import { type AgentCounters, type AgentState, type AgentStateSource, zeroCounters } from "./agentstate.ts";
 import { startApiServer } from "./api.ts";
-import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
+import {
+  buildConflist,
+  CONFLIST_FILE,
+  CONFLIST_VERSIONS,
+  hasPlugin,
+  renderConflist,
+  writeConflistIfChanged,
+} from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 import {
   type InformerHandlers,
@@ -53,6 +60,8 @@ export interface AgentOptions {
   mtu?: number;
   resyncSeconds: number;
   once: boolean;
+  /** The conflist's declared cniVersion. */
+  conflistVersion: (typeof CONFLIST_VERSIONS)[number];
 }
 
 /** A command line that cannot be used; the message says why. */
@@ -76,6 +85,8 @@ export const AGENT_USAGE = `Usage: pontoon agent [flags]
   --api-socket PATH       the agent's unix socket (default /run/pontoon/api.sock)
   --bridge NAME           bridge name written into the conflist (default pontoon0)
   --mtu N                 pod MTU written into the conflist (default: the default route's MTU)
+  --conflist-version V    cniVersion of the conflist: 1.1.0 (default) or 1.0.0 for runtimes whose libcni
+                          predates CNI 1.1 (containerd 1.7 and older)
   --resync-interval SEC   periodic reconcile (default 30)
   --log-level LEVEL       debug, info, warn or error (default info)
   --once                  sync once and exit (0 when synced)
@@ -102,6 +113,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
         "api-socket": { type: "string", default: "/run/pontoon/api.sock" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
+        "conflist-version": { type: "string", default: "1.1.0" },
         "resync-interval": { type: "string", default: "30" },
         "log-level": { type: "string", default: "info" },
         once: { type: "boolean", default: false },
@@ -134,6 +146,12 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
       throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
     }
   }
+  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
+  if (!conflistVersion) {
+    throw new UsageError(
+      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
+    );
+  }
   if (!isLogLevel(values["log-level"])) throw new UsageError(`--log-level: ${values["log-level"]} is not a level`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
     throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
@@ -150,6 +168,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     mtu,
     resyncSeconds: resync,
     once: values.once,
+    conflistVersion,
     logLevel: values["log-level"],
     help: values.help,
   };
@@ -354,6 +373,7 @@ export class Agent implements AgentStateSource {
       bridge: o.bridge,
       mtu: o.mtu,
       portmap: hasPlugin(o.cniBinDir, "portmap"),
+      cniVersion: o.conflistVersion,
     });
     if (writeConflistIfChanged(o.cniConfDir, renderConflist(doc))) {
       this.#counters.conflistWrites++;

@@ -22,6 +22,7 @@ import {
   type SimNode,
 } from "./cluster.ts";
 import { KubeApiServer, makeTestPki, testNode } from "./kubeapi.ts";
+import { buildCnitool } from "./runtimes.ts";
 
 const CONFLIST = "10-pontoon.conflist";
 
@@ -370,6 +371,57 @@ Deno.test({
       assert.equal(exists(`${n1.confDir}/${CONFLIST}`), true);
       assert.deepEqual(await c.routes(n1), c.expectedRoutes([n2]));
       assert.equal(exists(n1.apiSocket), false, "--once serves no socket");
+    } finally {
+      await c.destroy();
+    }
+  },
+});
+
+Deno.test({
+  name: "agent: a 1.0.0 conflist with portmap chained is read by the real libcni client (cnitool) inside the node",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const c = await SimCluster.create({ nodes: 2 });
+    const [n1, n2] = c.nodes;
+    const cnitool = await buildCnitool();
+    const pod = await c.extraNetns("ppl");
+    const env = {
+      NETCONFPATH: n1.confDir,
+      CNI_PATH: `${new URL("../dist", import.meta.url).pathname}:/usr/lib/cni`,
+      CNI_CACHE_DIR: `${n1.dir}/cache`,
+      CNI_IFNAME: "eth0",
+      CNI_CONTAINERID: pod,
+      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    };
+    try {
+      Deno.symlinkSync("/usr/lib/cni/portmap", `${n1.dir}/bin/portmap`);
+      c.assignPodCidrs(n1);
+      c.assignPodCidrs(n2);
+      const synced = await exec([
+        "ip",
+        "netns",
+        "exec",
+        n1.netns,
+        PONTOON,
+        "agent",
+        ...c.agentArgs(n1, ["--once", "--conflist-version=1.0.0"]),
+      ]);
+      assert.equal(synced.code, 0, synced.stderr);
+      const list = JSON.parse(Deno.readTextFileSync(`${n1.confDir}/${CONFLIST}`));
+      assert.equal(list.cniVersion, "1.0.0");
+      assert.deepEqual(list.plugins.map((p: { type: string }) => p.type), ["pontoon", "portmap"]);
+      const add = await exec(["ip", "netns", "exec", n1.netns, cnitool, "add", "pontoon", `/run/netns/${pod}`], {
+        env,
+      });
+      assert.equal(add.code, 0, add.stdout + add.stderr);
+      const result = JSON.parse(add.stdout);
+      assert.equal(result.cniVersion, "1.0.0");
+      assert.match(result.ips[0].address, /^10\.244\.1\.\d+\/24$/);
+      const del = await exec(["ip", "netns", "exec", n1.netns, cnitool, "del", "pontoon", `/run/netns/${pod}`], {
+        env,
+      });
+      assert.equal(del.code, 0, del.stdout + del.stderr);
     } finally {
       await c.destroy();
     }
