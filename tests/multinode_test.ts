@@ -215,6 +215,7 @@ Deno.test({
 
       await t.step("restarting agents keeps traffic flowing and no route is flushed", async () => {
         const monitors = [new RouteMonitor(n1.netns), new RouteMonitor(n2.netns)];
+        const mtimes = [n1, n2].map((n) => Deno.statSync(`${n.confDir}/${CONFLIST}`).mtime?.getTime());
         const pinging = exec([
           "ip",
           "netns",
@@ -243,6 +244,12 @@ Deno.test({
         assert.match(result.stdout, / 0% packet loss/);
         for (const m of monitors) assert.deepEqual((await m.stop()).filter((l) => l.startsWith("Deleted")), []);
         for (const n of [n1, n2]) assert.deepEqual(n.agent!.grep(/adding route|replacing route|removing route/), []);
+        for (const [i, n] of [n1, n2].entries()) {
+          assert.equal(Deno.statSync(`${n.confDir}/${CONFLIST}`).mtime?.getTime(), mtimes[i], "conflist not rewritten");
+          const counters = c.readiness(n).body.counters as Record<string, number>;
+          assert.equal(counters.conflistWrites, 0);
+          assert.equal(counters.routesAdded + counters.routesReplaced + counters.routesRemoved, 0);
+        }
       });
 
       await t.step("bad Nodes are logged and reported; none crashes an agent or touches existing routes", async () => {
