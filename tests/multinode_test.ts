@@ -72,6 +72,8 @@ Deno.test({
     const others = (n: SimNode) => c.nodes.filter((o) => o !== n);
     try {
       await t.step("the conflist appears only after the pod CIDR is assigned; STATUS is 50 until synced", async () => {
+        // A strict reverse-path filter, as some distributions ship; the agent relaxes it to loose.
+        await mustExec(["ip", "netns", "exec", n1.netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
         for (const n of c.nodes) c.startAgent(n);
         for (const n of c.nodes) await n.agent!.waitForLog(/waiting for node node\d to be assigned a pod CIDR/);
         for (const n of c.nodes) {
@@ -96,6 +98,19 @@ Deno.test({
             ranges: [[{ subnet: n.podCidr4 }], [{ subnet: n.podCidr6 }]],
             dataDir: n.ipamDir,
           });
+        }
+      });
+
+      await t.step("the agent sets forwarding, bridge netfilter and a loose rp_filter in its node", async () => {
+        const sysctl = async (key: string) =>
+          (await mustExec(["ip", "netns", "exec", n1.netns, "sysctl", "-n", key])).trim();
+        assert.equal(await sysctl("net.ipv4.ip_forward"), "1");
+        assert.equal(await sysctl("net.ipv6.conf.all.forwarding"), "1");
+        assert.equal(await sysctl("net.ipv4.conf.all.rp_filter"), "2");
+        if (exists("/proc/sys/net/bridge/bridge-nf-call-iptables")) {
+          assert.equal(await sysctl("net.bridge.bridge-nf-call-iptables"), "1");
+        } else {
+          await n1.agent!.waitForLog(/br_netfilter is NOT loaded/);
         }
       });
 
