@@ -333,12 +333,15 @@ Deno.test({
       const closed = await KubeApiServer.start({ dir: `${c.dir}/closed`, hostname: `${c.prefix4}.254` });
       Deno.writeTextFileSync(unreachable, closed.kubeconfig());
       await closed.close();
-      for (
-        const [kubeconfig, pattern] of [[wrongCa, /TLS verification of .* failed \(is the CA right/], [
-          unreachable,
-          /refused the connection/,
-        ]] as const
-      ) {
+      // An address on the underlay where no host answers ARP.
+      const noHost = `${c.dir}/no-host.kubeconfig`;
+      Deno.writeTextFileSync(noHost, c.api.kubeconfig({ host: `${c.prefix4}.77` }));
+      const cases = [
+        [wrongCa, /TLS verification of .* failed \(is the CA right/],
+        [unreachable, /refused the connection/],
+        [noHost, /is unreachable|did not answer/],
+      ] as const;
+      for (const [kubeconfig, pattern] of cases) {
         const agent = new AgentProcess(n1.netns, [...c.agentArgs(n1), `--kubeconfig=${kubeconfig}`]);
         agents.push(agent);
         await agent.waitForLog(pattern);
