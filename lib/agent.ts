@@ -14,7 +14,13 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type AgentCounters, type AgentState, type AgentStateSource, zeroCounters } from "./agentstate.ts";
+import {
+  type AgentCounters,
+  type AgentNode,
+  type AgentState,
+  type AgentStateSource,
+  zeroCounters,
+} from "./agentstate.ts";
 import { startApiServer } from "./api.ts";
 import {
   buildConflist,
@@ -463,6 +469,7 @@ export class Agent implements AgentStateSource {
       routes: this.#routes.map((r) => ({ node: r.node, dst: formatCidr(r.dst), via: formatIp(r.gateway) })),
       problems: this.#problems.map((p) => ({ ...p })),
       nodesKnown: this.#nodes.size,
+      nodes: [...this.#nodes.values()].map(describeNode).sort((a, b) => a.name.localeCompare(b.name)),
       apiError: this.#apiError ?? null,
       lastSync: this.#lastSync ?? null,
       startedAt: this.#startedAt,
@@ -474,6 +481,16 @@ export class Agent implements AgentStateSource {
   readiness(): AgentState {
     return this.state();
   }
+}
+
+function describeNode(node: KubeNode): AgentNode {
+  const spec = node.spec ?? {};
+  const cidrs = spec.podCIDRs?.length ? spec.podCIDRs : spec.podCIDR ? [spec.podCIDR] : [];
+  return {
+    name: node.metadata.name,
+    podCIDRs: cidrs.map(String),
+    internalIPs: (node.status?.addresses ?? []).filter((a) => a?.type === "InternalIP").map((a) => String(a.address)),
+  };
 }
 
 // ------------------------------------------------------------ main

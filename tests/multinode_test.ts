@@ -123,6 +123,11 @@ Deno.test({
         };
         assert.equal(state.routes.length, 4);
         assert.equal(state.nodesKnown, 3);
+        assert.deepEqual((state as unknown as { nodes: unknown[] }).nodes[1], {
+          name: "node2",
+          podCIDRs: [n2.podCidr4, n2.podCidr6],
+          internalIPs: [n2.ip4, n2.ip6],
+        });
         assert.ok(state.counters.routesAdded >= 4 && state.counters.lists >= 1, JSON.stringify(state.counters));
       });
 
