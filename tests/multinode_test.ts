@@ -272,6 +272,15 @@ Deno.test({
         }
       });
 
+      await t.step("what changed while an agent was down is reconciled when it starts again", async () => {
+        assert.equal(await n1.agent!.stop(), 0);
+        await mustExec(["ip", "-n", n1.netns, "route", "del", n3.podCidr4]);
+        await mustExec(["ip", "-n", n1.netns, "route", "add", "10.244.99.0/24", "via", n2.ip4, "proto", "158"]);
+        c.startAgent(n1);
+        await routesConverge(c, others, [n1]);
+        await n1.agent!.waitForLog(/removing route 10\.244\.99\.0\/24: no node owns it/);
+      });
+
       await t.step("bad Nodes are logged and reported; none crashes an agent or touches existing routes", async () => {
         const before = await Promise.all(c.nodes.map((n) => c.routes(n)));
         c.api.setNode(testNode("bad-cidr", { podCIDRs: ["10.244.300.0/24"], internalIPs: [`${c.prefix4}.50`] }));
