@@ -1,9 +1,9 @@
 # Pontoon — build, test, demo and benchmark entry points.
 #
-#   make demo          two pods on a real bridge through the CNI protocol
+#   make demo    two pods on a real bridge through the CNI protocol
 #   make demo-cluster  two simulated nodes with agents; pods ping across them
-#   make test          the whole test suite (root; real namespaces)
-#   make bench         Pontoon vs the reference bridge plugin, side by side
+#   make test    the whole test suite (root; real namespaces)
+#   make bench   Pontoon vs the reference bridge plugin, side by side
 #
 # Every target installs what it needs first (`make deps`): Debian packages
 # through apt and Deno (pinned in package.json) through `npm ci`.
