@@ -14,8 +14,22 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type Readiness, startApiServer } from "./api.ts";
-import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
+import {
+  type AgentCounters,
+  type AgentNode,
+  type AgentState,
+  type AgentStateSource,
+  zeroCounters,
+} from "./agentstate.ts";
+import { startApiServer } from "./api.ts";
+import {
+  buildConflist,
+  CONFLIST_FILE,
+  CONFLIST_VERSIONS,
+  hasPlugin,
+  renderConflist,
+  writeConflistIfChanged,
+} from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 import {
   type InformerHandlers,
@@ -39,19 +53,32 @@ import {
 } from "./routes.ts";
 import { ensureSysctl, readSysctl } from "./sysfs.ts";
 
-/** The agent's settings, from the command line. */
+/** The agent's settings, from the command line (every path a flag, so several agents can share a machine). */
 export interface AgentOptions {
+  /** This node's name in Kubernetes. */
   nodeName: string;
+  /** A kubeconfig path; else in-cluster, else `$KUBECONFIG`. */
   kubeconfig?: string;
+  /** Where the conflist is written. */
   cniConfDir: string;
+  /** Where `portmap` is looked for. */
   cniBinDir: string;
+  /** The IPAM store, written into the conflist. */
   ipamDataDir: string;
+  /** Cluster pod CIDRs; egress leaving them is masqueraded. */
   clusterCidrs: Cidr[];
+  /** The agent's unix socket, written into the conflist. */
   apiSocket: string;
+  /** Bridge name written into the conflist. */
   bridge: string;
+  /** Pod MTU written into the conflist. */
   mtu?: number;
+  /** Periodic reconcile interval. */
   resyncSeconds: number;
+  /** Sync once and exit. */
   once: boolean;
+  /** The conflist's declared cniVersion. */
+  conflistVersion: (typeof CONFLIST_VERSIONS)[number];
 }
 
 /** A command line that cannot be used; the message says why. */
@@ -75,6 +102,8 @@ export const AGENT_USAGE = `Usage: pontoon agent [flags]
   --api-socket PATH       the agent's unix socket (default /run/pontoon/api.sock)
   --bridge NAME           bridge name written into the conflist (default pontoon0)
   --mtu N                 pod MTU written into the conflist (default: the default route's MTU)
+  --conflist-version V    cniVersion of the conflist: 1.1.0 (default) or 1.0.0 for runtimes whose libcni
+                          predates CNI 1.1 (containerd 1.7 and older)
   --resync-interval SEC   periodic reconcile (default 30)
   --log-level LEVEL       debug, info, warn or error (default info)
   --once                  sync once and exit (0 when synced)
@@ -101,6 +130,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
         "api-socket": { type: "string", default: "/run/pontoon/api.sock" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
+        "conflist-version": { type: "string", default: "1.1.0" },
         "resync-interval": { type: "string", default: "30" },
         "log-level": { type: "string", default: "info" },
         once: { type: "boolean", default: false },
@@ -133,6 +163,12 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
       throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
     }
   }
+  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
+  if (!conflistVersion) {
+    throw new UsageError(
+      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
+    );
+  }
   if (!isLogLevel(values["log-level"])) throw new UsageError(`--log-level: ${values["log-level"]} is not a level`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
     throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
@@ -149,6 +185,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     mtu,
     resyncSeconds: resync,
     once: values.once,
+    conflistVersion,
     logLevel: values["log-level"],
     help: values.help,
   };
@@ -219,7 +256,7 @@ function setSysctl(key: string, value: string): void {
 // ------------------------------------------------------------ the agent
 
 /** The agent's state: the Node view, what was last applied, and readiness. */
-export class Agent {
+export class Agent implements AgentStateSource {
   readonly #options: AgentOptions;
   readonly #nodes = new Map<string, KubeNode>();
   #listed = false;
@@ -235,10 +272,14 @@ export class Agent {
   #running: Promise<void> | null = null;
   #again = false;
   #warnedMasquerade = false;
+  readonly #counters: AgentCounters = zeroCounters();
+  readonly #startedAt = new Date().toISOString();
+  readonly #apiServer: string;
 
   /** Makes an agent with `options`; nothing happens until events arrive. */
-  constructor(options: AgentOptions) {
+  constructor(options: AgentOptions, apiServer = "") {
     this.#options = options;
+    this.#apiServer = apiServer;
   }
 
   /** Informer callbacks that feed this agent. */
@@ -248,9 +289,13 @@ export class Agent {
       onEvent: (event) => this.applyEvent(event),
       onError: (err, retryInMs) => {
         this.#apiError = err.message;
+        this.#counters.apiErrors++;
         log("error", `Kubernetes API: ${err.message}; retrying in ${(retryInMs / 1000).toFixed(1)}s`);
       },
-      onExpired: (err) => log("info", `watch expired (${err.message}); listing nodes again`),
+      onExpired: (err) => {
+        this.#counters.expired++;
+        log("info", `watch expired (${err.message}); listing nodes again`);
+      },
     };
   }
 
@@ -261,6 +306,7 @@ export class Agent {
     if (this.#apiError !== undefined) log("info", "Kubernetes API reachable again");
     this.#apiError = undefined;
     this.#listed = true;
+    this.#counters.lists++;
     log("debug", "listed nodes", { count: nodes.length });
     void this.schedule();
   }
@@ -271,6 +317,7 @@ export class Agent {
     if (event.type === "DELETED") this.#nodes.delete(name);
     else this.#nodes.set(name, event.node);
     this.#apiError = undefined;
+    this.#counters.events++;
     log("debug", `node ${event.type.toLowerCase()}`, { node: name });
     void this.schedule();
   }
@@ -290,6 +337,7 @@ export class Agent {
         try {
           await this.reconcile();
         } catch (err) {
+          this.#counters.reconcileErrors++;
           log("error", `reconcile failed: ${(err as Error).message}`);
         }
       } while (this.#again);
@@ -325,6 +373,7 @@ export class Agent {
     await this.#reconcileRoutes(cidrs);
     this.#lastSync = new Date().toISOString();
     this.#reason = "synced";
+    this.#counters.reconciles++;
   }
 
   #notReady(reason: string): void {
@@ -341,8 +390,10 @@ export class Agent {
       bridge: o.bridge,
       mtu: o.mtu,
       portmap: hasPlugin(o.cniBinDir, "portmap"),
+      cniVersion: o.conflistVersion,
     });
     if (writeConflistIfChanged(o.cniConfDir, renderConflist(doc))) {
+      this.#counters.conflistWrites++;
       log("info", `wrote ${o.cniConfDir}/${CONFLIST_FILE}`, { podCIDRs: cidrs.map(formatCidr) });
     }
     this.#conflistWritten = true;
@@ -375,6 +426,12 @@ export class Agent {
       );
     }
     const failures = await applyRouteChanges(changes);
+    this.#counters.routesRemoved += changes.remove.length;
+    for (const r of changes.put) {
+      if (table.owned.some((o) => formatCidr(o.dst) === formatCidr(r.dst))) this.#counters.routesReplaced++;
+      else this.#counters.routesAdded++;
+    }
+    this.#counters.routeFailures += failures.length;
     for (const f of failures) log("error", `route change failed: ip ${f.command.join(" ")}: ${f.error}`);
     this.#routes = desired.routes;
     this.#problems = desired.problems;
@@ -400,20 +457,40 @@ export class Agent {
     this.#loggedProblems = new Set([...current, ...own]);
   }
 
-  /** What `/readyz` answers. */
-  readiness(): Readiness {
+  /** A snapshot of the agent's state (what `/readyz`, the REST API and metrics report). */
+  state(): AgentState {
     return {
       ready: this.synced,
       reason: this.synced ? "synced" : this.#reason,
       node: this.#options.nodeName,
+      apiServer: this.#apiServer,
       podCIDRs: this.#podCidrs.map(formatCidr),
       conflist: this.#conflistWritten ? `${this.#options.cniConfDir}/${CONFLIST_FILE}` : null,
       routes: this.#routes.map((r) => ({ node: r.node, dst: formatCidr(r.dst), via: formatIp(r.gateway) })),
-      problems: this.#problems,
+      problems: this.#problems.map((p) => ({ ...p })),
+      nodesKnown: this.#nodes.size,
+      nodes: [...this.#nodes.values()].map(describeNode).sort((a, b) => a.name.localeCompare(b.name)),
       apiError: this.#apiError ?? null,
       lastSync: this.#lastSync ?? null,
+      startedAt: this.#startedAt,
+      counters: { ...this.#counters },
     };
   }
+
+  /** What `/readyz` answers: the state snapshot. */
+  readiness(): AgentState {
+    return this.state();
+  }
+}
+
+function describeNode(node: KubeNode): AgentNode {
+  const spec = node.spec ?? {};
+  const cidrs = spec.podCIDRs?.length ? spec.podCIDRs : spec.podCIDR ? [spec.podCIDR] : [];
+  return {
+    name: node.metadata.name,
+    podCIDRs: cidrs.map(String),
+    internalIPs: (node.status?.addresses ?? []).filter((a) => a?.type === "InternalIP").map((a) => String(a.address)),
+  };
 }
 
 // ------------------------------------------------------------ main
@@ -489,7 +566,7 @@ export async function agentMain(args: string[]): Promise<number> {
     credentials: client.target.source,
     clusterCIDRs: parsed.clusterCidrs.map(formatCidr),
   });
-  const agent = new Agent(parsed);
+  const agent = new Agent(parsed, client.target.server);
   try {
     return parsed.once ? await runOnce(agent, client, 60_000) : await runForever(agent, client, parsed);
   } catch (err) {

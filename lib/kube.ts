@@ -247,6 +247,9 @@ export function describeFetchError(err: unknown, server: string): string {
   return `request to ${server} failed: ${text}`;
 }
 
+/** How long a request may wait for the response headers. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 /** A client for one API server; holds the TLS client, so `close()` it. */
 export class KubeClient {
   /** The target this client talks to. */
@@ -284,15 +287,31 @@ export class KubeClient {
     return headers;
   }
 
-  /** Sends `GET path`; throws KubeApiError on a non-2xx answer or a network failure. */
-  async get(path: string, signal?: AbortSignal): Promise<Response> {
+  /**
+   * Sends `GET path`; throws KubeApiError on a non-2xx answer, a network
+   * failure, or when no response headers came within `headersTimeoutMs`
+   * (a silently dropped connection would otherwise hang for minutes). The
+   * body is not under that timeout, so a watch can stream for long.
+   */
+  async get(path: string, signal?: AbortSignal, headersTimeoutMs = REQUEST_TIMEOUT_MS): Promise<Response> {
     const url = this.target.server + path;
+    const late = new AbortController();
+    const timer = setTimeout(() => late.abort(), headersTimeoutMs);
     let response: Response;
     try {
-      response = await fetch(url, { headers: this.#headers(), client: this.#http, signal });
+      response = await fetch(url, {
+        headers: this.#headers(),
+        client: this.#http,
+        signal: signal ? AbortSignal.any([signal, late.signal]) : late.signal,
+      });
     } catch (err) {
       if (signal?.aborted) throw err;
-      throw new KubeApiError(0, describeFetchError(err, this.target.server), undefined, { cause: err });
+      const why = late.signal.aborted
+        ? `${this.target.server} did not answer within ${headersTimeoutMs / 1000}s (unreachable?)`
+        : describeFetchError(err, this.target.server);
+      throw new KubeApiError(0, why, undefined, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
     if (!response.ok) throw await apiError(response, path);
     return response;
@@ -501,13 +520,15 @@ export async function runNodeInformer(
   const maxMs = options.maxBackoffMs ?? 30_000;
   let resourceVersion: string | undefined;
   let failures = 0;
+  let lastExpiredAt = 0;
   while (!signal?.aborted) {
     try {
       if (resourceVersion === undefined) {
         const list = await listNodes(client, signal);
         handlers.onList(list.nodes);
         resourceVersion = list.resourceVersion;
-        failures = 0;
+        // failures is reset by the first watch event: a list that works
+        // while every watch fails must still back off.
       }
       const started = Date.now();
       let events = 0;
@@ -529,6 +550,10 @@ export async function runNodeInformer(
       if (err instanceof KubeApiError && err.expired && resourceVersion !== undefined) {
         handlers.onExpired?.(err);
         resourceVersion = undefined;
+        // A relist is due at once, unless 410s come back to back (a
+        // server that expires every fresh version must not be hammered).
+        if (Date.now() - lastExpiredAt < 1000) await sleep(backoffDelay(++failures, minMs, maxMs), signal);
+        lastExpiredAt = Date.now();
         continue;
       }
       failures++;
