@@ -35,6 +35,8 @@ export interface AttachmentRecord {
   ips: string[];
   podNamespace?: string;
   podName?: string;
+  /** The netns path of the ADD (GC by the agent: released only when it is gone). */
+  netns?: string;
 }
 
 /** One address handed to an attachment, with the range it came from. */
@@ -286,6 +288,7 @@ export interface ReserveRequest {
   network: string;
   podNamespace?: string;
   podName?: string;
+  netns?: string;
 }
 
 /**
@@ -325,7 +328,13 @@ export function reserveAddresses(store: IpamStore, rangeSets: RangeSet[], req: R
       chosen.push(free);
     }
     const ips = chosen.map((a) => formatIp(a.ip));
-    store.writeIndex({ ...req.attachment, ips, podNamespace: req.podNamespace, podName: req.podName });
+    store.writeIndex({
+      ...req.attachment,
+      ips,
+      podNamespace: req.podNamespace,
+      podName: req.podName,
+      netns: req.netns,
+    });
     for (const ip of ips) store.writeAddress(ip, req.attachment);
     chosen.forEach((a) => {
       const set = rangeSets.findIndex((s) => s.includes(a.range));
