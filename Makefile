@@ -16,7 +16,7 @@ SOURCES := main.ts $(wildcard lib/*.ts) deno.json
 # The plugin needs no network permission: it talks to the agent over a unix socket.
 PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow-ffi
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
-	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod
+	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod openssl tcpdump
 
 .PHONY: all deps build compile test test-unit demo bench soak fmt lint check clean
 
