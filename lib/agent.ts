@@ -14,7 +14,9 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type Readiness, startApiServer } from "./api.ts";
+import { type Readiness, startApiServer, type TcpOptions } from "./api.ts";
+import { agentApiSource } from "./agentapi.ts";
+import { AgentMetrics } from "./metrics.ts";
 import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 import {
@@ -52,6 +54,9 @@ export interface AgentOptions {
   mtu?: number;
   resyncSeconds: number;
   once: boolean;
+  /** Also serve the REST API on TCP (needs `apiTokenFile`). */
+  apiListen?: { hostname: string; port: number };
+  apiTokenFile?: string;
 }
 
 /** A command line that cannot be used; the message says why. */
@@ -73,6 +78,8 @@ export const AGENT_USAGE = `Usage: pontoon agent [flags]
   --ipam-data-dir DIR     IPAM store, written into the conflist (default /var/lib/cni/networks)
   --cluster-cidr CIDR     cluster pod CIDR, repeatable (one per family); egress leaving it is masqueraded
   --api-socket PATH       the agent's unix socket (default /run/pontoon/api.sock)
+  --api-listen HOST:PORT  also serve the API on TCP (requires --api-token-file; off by default)
+  --api-token-file PATH   bearer token for the TCP listener (first line, 16+ characters, mode 0600)
   --bridge NAME           bridge name written into the conflist (default pontoon0)
   --mtu N                 pod MTU written into the conflist (default: the default route's MTU)
   --resync-interval SEC   periodic reconcile (default 30)
@@ -99,6 +106,8 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
         "ipam-data-dir": { type: "string", default: "/var/lib/cni/networks" },
         "cluster-cidr": { type: "string", multiple: true, default: [] },
         "api-socket": { type: "string", default: "/run/pontoon/api.sock" },
+        "api-listen": { type: "string" },
+        "api-token-file": { type: "string" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
         "resync-interval": { type: "string", default: "30" },
@@ -133,6 +142,13 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
       throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
     }
   }
+  const apiListen = values["api-listen"] === undefined ? undefined : parseListen(values["api-listen"]);
+  if (apiListen && values["api-token-file"] === undefined) {
+    throw new UsageError("--api-listen: needs --api-token-file (the TCP API is never served without a token)");
+  }
+  if (values["api-token-file"] !== undefined && !values["api-token-file"].startsWith("/")) {
+    throw new UsageError(`--api-token-file: ${values["api-token-file"]} must be an absolute path`);
+  }
   if (!isLogLevel(values["log-level"])) throw new UsageError(`--log-level: ${values["log-level"]} is not a level`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
     throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
@@ -149,9 +165,19 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     mtu,
     resyncSeconds: resync,
     once: values.once,
+    apiListen,
+    apiTokenFile: values["api-token-file"],
     logLevel: values["log-level"],
     help: values.help,
   };
+}
+
+/** `HOST:PORT` or `[V6]:PORT`. */
+function parseListen(text: string): { hostname: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw new UsageError(`--api-listen: ${JSON.stringify(text)} is not HOST:PORT`);
+  return { hostname: match[1] ?? match[2], port };
 }
 
 function hostnameOrEmpty(): string {
@@ -235,6 +261,8 @@ export class Agent {
   #running: Promise<void> | null = null;
   #again = false;
   #warnedMasquerade = false;
+  /** What the REST API's /metrics reports (reconciles, watch restarts, plugin reports). */
+  readonly metrics = new AgentMetrics();
 
   /** Makes an agent with `options`; nothing happens until events arrive. */
   constructor(options: AgentOptions) {
@@ -247,10 +275,14 @@ export class Agent {
       onList: (nodes) => this.replaceNodes(nodes),
       onEvent: (event) => this.applyEvent(event),
       onError: (err, retryInMs) => {
+        this.metrics.recordWatchRestart();
         this.#apiError = err.message;
         log("error", `Kubernetes API: ${err.message}; retrying in ${(retryInMs / 1000).toFixed(1)}s`);
       },
-      onExpired: (err) => log("info", `watch expired (${err.message}); listing nodes again`),
+      onExpired: (err) => {
+        this.metrics.recordWatchRestart();
+        log("info", `watch expired (${err.message}); listing nodes again`);
+      },
     };
   }
 
@@ -287,15 +319,23 @@ export class Agent {
     this.#running = (async () => {
       do {
         this.#again = false;
+        const started = performance.now();
         try {
           await this.reconcile();
+          this.metrics.recordReconcile((performance.now() - started) / 1000, true);
         } catch (err) {
+          this.metrics.recordReconcile((performance.now() - started) / 1000, false);
           log("error", `reconcile failed: ${(err as Error).message}`);
         }
       } while (this.#again);
       this.#running = null;
     })();
     return this.#running;
+  }
+
+  /** The Nodes as last seen (the REST API's /v1/nodes). */
+  nodeList(): KubeNode[] {
+    return [...this.#nodes.values()];
   }
 
   /** True once the pod CIDR is known, the conflist written and routes reconciled. */
@@ -448,7 +488,10 @@ async function runForever(agent: Agent, client: KubeClient, options: AgentOption
   };
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
-  const server = await startApiServer(options.apiSocket, agent);
+  const tcp: TcpOptions | undefined = options.apiListen && options.apiTokenFile
+    ? { ...options.apiListen, tokenFile: options.apiTokenFile }
+    : undefined;
+  const server = await startApiServer(options.apiSocket, agentApiSource(agent, options), { tcp });
   const resync = setInterval(() => void agent.schedule(), options.resyncSeconds * 1000);
   try {
     await runNodeInformer(client, agent.handlers(), { signal: stop.signal });

@@ -35,9 +35,9 @@ export interface ApiSource {
   /** Node, pod CIDRs, bridge, MTU, sync state (`/v1/status`). */
   status(): Record<string, unknown>;
   /** The Nodes the agent knows, summarized (`/v1/nodes`). */
-  nodes(): Record<string, unknown>[];
+  nodes(): unknown[];
   /** The routes the agent keeps (`/v1/routes`). */
-  routes(): Record<string, unknown>[];
+  routes(): unknown[];
   /** The agent's effective settings (`/v1/config`). */
   config(): Record<string, unknown>;
   /** The IPAM store the conflist points at; null before the conflist is written. */

@@ -7,8 +7,7 @@
  */
 import { SUPPORTED_VERSIONS } from "./cni.ts";
 
-/** Pontoon's version. */
-export const VERSION = "0.1.0";
+import { VERSION } from "./version.ts";
 
 const USAGE = `pontoon ${VERSION}: a CNI bridge plugin for Kubernetes nodes
 

@@ -1,0 +1,112 @@
+/**
+ * What the agent shows through its REST API: plain JSON views built from
+ * the agent's state and options (`api.ts` serves them). Kept apart from
+ * the control loop so the API can grow without touching it.
+ *
+ * @module
+ */
+import { type Cidr, formatCidr, formatIp, parseCidr } from "./addr.ts";
+import type { IpamView } from "./allocations.ts";
+import type { ApiSource, Readiness } from "./api.ts";
+import type { BuiltinIpam } from "./config.ts";
+import { loadNetConf } from "./config.ts";
+import { buildConflist, CONFLIST_FILE } from "./conflist.ts";
+import type { KubeNode } from "./kube.ts";
+import type { AgentMetrics } from "./metrics.ts";
+import { internalIpsOf, podCidrsOf } from "./routes.ts";
+import { defaultRouteMtu } from "./sysfs.ts";
+import { VERSION } from "./version.ts";
+import type { AgentOptions } from "./agent.ts";
+
+/** The parts of the agent the API reads. */
+export interface AgentView {
+  readiness(): Readiness;
+  nodeList(): KubeNode[];
+  readonly metrics: AgentMetrics;
+}
+
+interface ReadyRoute {
+  node: string;
+  dst: string;
+  via: string;
+}
+
+/** The API source for an agent with `options`. */
+export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSource {
+  const podCidrs = () => (agent.readiness().podCIDRs as string[] | undefined) ?? [];
+  return {
+    readiness: () => agent.readiness(),
+    status: () => {
+      const r = agent.readiness();
+      let mtu: number | null = options.mtu ?? null;
+      if (mtu === null) {
+        try {
+          mtu = defaultRouteMtu();
+        } catch { /* no default route */ }
+      }
+      return {
+        version: VERSION,
+        node: options.nodeName,
+        ready: r.ready,
+        reason: r.reason,
+        podCIDRs: podCidrs(),
+        clusterCIDRs: options.clusterCidrs.map(formatCidr),
+        bridge: options.bridge,
+        mtu,
+        conflist: r.conflist ?? null,
+        routes: ((r.routes as ReadyRoute[] | undefined) ?? []).length,
+        problems: r.problems ?? [],
+        apiError: r.apiError ?? null,
+        lastSync: r.lastSync ?? null,
+      };
+    },
+    nodes: () => {
+      const problems = (agent.readiness().problems as { node: string; problem: string }[] | undefined) ?? [];
+      return agent.nodeList()
+        .map((node) => ({
+          name: node.metadata.name,
+          self: node.metadata.name === options.nodeName,
+          podCIDRs: podCidrsOf(node).cidrs.map(formatCidr),
+          internalIPs: internalIpsOf(node).map(formatIp),
+          problems: problems.filter((p) => p.node === node.metadata.name).map((p) => p.problem),
+        }))
+        .sort((a, b) => a.name.localeCompare(b.name));
+    },
+    routes: () => (agent.readiness().routes as ReadyRoute[] | undefined) ?? [],
+    config: () => ({
+      nodeName: options.nodeName,
+      kubeconfig: options.kubeconfig ?? null,
+      cniConfDir: options.cniConfDir,
+      cniBinDir: options.cniBinDir,
+      conflist: `${options.cniConfDir}/${CONFLIST_FILE}`,
+      ipamDataDir: options.ipamDataDir,
+      clusterCIDRs: options.clusterCidrs.map(formatCidr),
+      apiSocket: options.apiSocket,
+      bridge: options.bridge,
+      mtu: options.mtu ?? null,
+      resyncSeconds: options.resyncSeconds,
+    }),
+    ipam: () => ipamViewOf(podCidrs(), options),
+    metrics: () => agent.metrics,
+  };
+}
+
+/** The IPAM store and ranges the plugin uses under this agent's conflist; null without pod CIDRs. */
+export function ipamViewOf(podCidrTexts: string[], options: AgentOptions): IpamView | null {
+  if (podCidrTexts.length === 0) return null;
+  const doc = buildConflist({
+    podCidrs: podCidrTexts.map((t) => parseCidrOrThrow(t)),
+    ipamDataDir: options.ipamDataDir,
+    bridge: options.bridge,
+  });
+  const plugin = (doc.plugins as Record<string, unknown>[])[0];
+  const conf = loadNetConf({ ...plugin, cniVersion: doc.cniVersion, name: doc.name });
+  const ipam = conf.ipam as BuiltinIpam;
+  return { network: conf.name, dataDir: ipam.dataDir, rangeSets: ipam.rangeSets };
+}
+
+function parseCidrOrThrow(text: string): Cidr {
+  const cidr = parseCidr(text);
+  if (!cidr) throw new Error(`pod CIDR ${text} is not a CIDR`);
+  return cidr;
+}
