@@ -148,13 +148,17 @@ function connectedSubnets(table: RouteTable): Cidr[] {
 
 function withoutConflicts(candidates: PeerRoute[], table: RouteTable, problems: NodeProblem[]): DesiredRoutes {
   const routes: PeerRoute[] = [];
+  // Of two nodes claiming overlapping pod CIDRs, the one already routed
+  // keeps its route (a newcomer never takes traffic away); when neither
+  // is routed yet, neither gets a route, since there is no telling which is right.
+  const routed = (r: PeerRoute) => table.owned.some((o) => sameCidr(o.dst, r.dst) && sameIp(o.gateway, r.gateway));
   for (const route of candidates) {
     const clash = candidates.find((o) => o !== route && o.node !== route.node && overlaps(o.dst, route.dst));
-    if (clash) {
+    if (clash && !(routed(route) && !routed(clash))) {
       problems.push({
         node: route.node,
         problem: `pod CIDR ${formatCidr(route.dst)} overlaps node ${clash.node}'s ${formatCidr(clash.dst)}; ` +
-          `neither gets a route`,
+          (routed(clash) ? `node ${clash.node} keeps its route` : `neither gets a route`),
       });
       continue;
     }
