@@ -15,6 +15,7 @@ import {
   tokenMatches,
 } from "../lib/api.ts";
 import { apiRequest } from "../lib/apiclient.ts";
+import { UnixDatagramReceiver } from "../lib/libc.ts";
 import { logLevel } from "../lib/log.ts";
 import { AgentMetrics } from "../lib/metrics.ts";
 import { parsePrometheusText, sampleValue } from "./promtext.ts";
@@ -186,4 +187,20 @@ Deno.test("api server: socket is 0600, plugin reports arrive over the datagram s
   }
   // With the agent gone, reporting is silently dropped.
   reportToAgent(socket, { verb: "ADD", code: 0, ms: 1 });
+});
+
+Deno.test("plugin reports never block: thousands sent to a socket nobody reads return at once", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pontoon-api-" });
+  const socket = `${dir}/api.sock`;
+  const receiver = new UnixDatagramReceiver(`${socket}.report`);
+  try {
+    // The queue fills after a few hundred; the rest are dropped, not waited on.
+    for (let i = 0; i < 5000; i++) reportToAgent(socket, { verb: "ADD", code: 0, ms: 1 });
+    let queued = 0;
+    while (receiver.receive() !== null) queued++;
+    assert.ok(queued > 0 && queued < 5000, `queued ${queued}`);
+  } finally {
+    receiver.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { apiRequest } from "../lib/apiclient.ts";
-import { PLUGIN, sh } from "./harness.ts";
+import { addNetns, assertOk, cni, delNetns, PLUGIN, sh, testNet, uniq } from "./harness.ts";
 import {
   addPod,
   agentLog,
@@ -292,5 +292,21 @@ Deno.test("ops: CLI without an agent fails clearly; --help works on every subcom
     assert.match(listen.stderr, /--api-listen: needs --api-token-file/);
   } finally {
     Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("ops: ADD, CHECK and DEL are unaffected when the agent named in agentSocket is not running", async () => {
+  const net = testNet();
+  const ns = uniq("opn");
+  try {
+    const [path] = await addNetns(ns);
+    const conf = net.conf("1.1.0", { agentSocket: `${net.dataDir}/no-agent/api.sock` });
+    const add = await cni({ command: "ADD", conf, containerId: ns, netns: path });
+    assertOk(add, "ADD");
+    assertOk(await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: ns, netns: path }));
+    assertOk(await cni({ command: "DEL", conf, containerId: ns, netns: path }), "DEL");
+  } finally {
+    await delNetns(ns);
+    await net.cleanup();
   }
 });
