@@ -306,7 +306,10 @@ the conflist.
   --ipam-data-dir DIR   the IPAM store (default /var/lib/cni/networks)
   --bridge NAME         bridge name (default pontoon0)
   --mtu N               pod MTU (default: the default route's MTU)
-  --skip-binary         only write the conflist
+  --skip-binary         do not copy the program (only the conflist and/or node settings)
+  --node-settings       also set what routing pods needs on this node (ip_forward, br_netfilter,
+                        rp_filter) for the families of --cluster-cidr: the DaemonSet's privileged
+                        init step, so the agent itself needs no write access to /proc/sys
 `;
 
 function cidrList(flag: string, texts: string[]): Cidr[] {
@@ -337,6 +340,7 @@ async function cmdInstall(args: string[]): Promise<number> {
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
         "skip-binary": { type: "boolean", default: false },
+        "node-settings": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -361,8 +365,14 @@ async function cmdInstall(args: string[]): Promise<number> {
   }
   const podCidrs = cidrList("pod-cidr", values["pod-cidr"]);
   const clusterCidrs = cidrList("cluster-cidr", values["cluster-cidr"]);
-  if (podCidrs.length === 0 && (clusterCidrs.length > 0 || values["skip-binary"])) {
-    throw new UsageError("--cluster-cidr and --skip-binary need --pod-cidr");
+  if (values["node-settings"] && clusterCidrs.length === 0) {
+    throw new UsageError("--node-settings: needs --cluster-cidr (its families say which sysctls to set)");
+  }
+  if (values["skip-binary"] && podCidrs.length === 0 && !values["node-settings"]) {
+    throw new UsageError("--skip-binary: needs --pod-cidr or --node-settings (else there is nothing to do)");
+  }
+  if (podCidrs.length === 0 && clusterCidrs.length > 0 && !values["node-settings"]) {
+    throw new UsageError("--cluster-cidr: needs --pod-cidr or --node-settings");
   }
   const install = await import("./install.ts");
   if (!values["skip-binary"]) {
@@ -372,6 +382,11 @@ async function cmdInstall(args: string[]): Promise<number> {
         ? `installed ${done.path}${done.target ? ` -> ${done.target}` : ""} (${done.kind})`
         : `${done.path} is already this version`,
     );
+  }
+  if (values["node-settings"]) {
+    const { applyNodeSettings } = await import("./agent.ts");
+    await applyNodeSettings([...new Set(clusterCidrs.map((c) => c.family))]);
+    out("node settings applied (see the log above for what changed)");
   }
   if (podCidrs.length > 0) {
     const net = {
