@@ -1,6 +1,7 @@
 # Pontoon — build, test, demo and benchmark entry points.
 #
 #   make demo    two pods on a real bridge through the CNI protocol
+#   make demo-cluster  two simulated nodes with agents; pods ping across them
 #   make test    the whole test suite (root; real namespaces)
 #   make bench   Pontoon vs the reference bridge plugin, side by side
 #
@@ -18,7 +19,7 @@ PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
 	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod openssl tcpdump curl
 
-.PHONY: all deps build compile test test-unit demo bench soak fmt lint check clean
+.PHONY: all deps build compile test test-unit demo demo-cluster bench soak fmt lint check clean
 
 all: build
 
@@ -65,6 +66,9 @@ test: build
 
 demo: build
 	@$(DENO) run --allow-all scripts/demo.ts
+
+demo-cluster: build
+	@$(DENO) run --allow-all scripts/demo_cluster.ts
 
 fmt: deps
 	$(DENO) fmt

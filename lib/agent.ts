@@ -14,10 +14,18 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type Readiness, startApiServer, type TcpOptions } from "./api.ts";
+import { type AgentCounters, type AgentState, type AgentStateSource, zeroCounters } from "./agentstate.ts";
+import { startApiServer, type TcpOptions } from "./api.ts";
 import { agentApiSource } from "./agentapi.ts";
 import { AgentMetrics } from "./metrics.ts";
-import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
+import {
+  buildConflist,
+  CONFLIST_FILE,
+  CONFLIST_VERSIONS,
+  hasPlugin,
+  renderConflist,
+  writeConflistIfChanged,
+} from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 import {
   type InformerHandlers,
@@ -54,6 +62,8 @@ export interface AgentOptions {
   mtu?: number;
   resyncSeconds: number;
   once: boolean;
+  /** The conflist's declared cniVersion. */
+  conflistVersion: (typeof CONFLIST_VERSIONS)[number];
   /** Also serve the REST API on TCP (needs `apiTokenFile`). */
   apiListen?: { hostname: string; port: number };
   apiTokenFile?: string;
@@ -82,6 +92,8 @@ export const AGENT_USAGE = `Usage: pontoon agent [flags]
   --api-token-file PATH   bearer token for the TCP listener (first line, 16+ characters, mode 0600)
   --bridge NAME           bridge name written into the conflist (default pontoon0)
   --mtu N                 pod MTU written into the conflist (default: the default route's MTU)
+  --conflist-version V    cniVersion of the conflist: 1.1.0 (default) or 1.0.0 for runtimes whose libcni
+                          predates CNI 1.1 (containerd 1.7 and older)
   --resync-interval SEC   periodic reconcile (default 30)
   --log-level LEVEL       debug, info, warn or error (default info)
   --once                  sync once and exit (0 when synced)
@@ -110,6 +122,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
         "api-token-file": { type: "string" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
+        "conflist-version": { type: "string", default: "1.1.0" },
         "resync-interval": { type: "string", default: "30" },
         "log-level": { type: "string", default: "info" },
         once: { type: "boolean", default: false },
@@ -149,6 +162,12 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
   if (values["api-token-file"] !== undefined && !values["api-token-file"].startsWith("/")) {
     throw new UsageError(`--api-token-file: ${values["api-token-file"]} must be an absolute path`);
   }
+  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
+  if (!conflistVersion) {
+    throw new UsageError(
+      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
+    );
+  }
   if (!isLogLevel(values["log-level"])) throw new UsageError(`--log-level: ${values["log-level"]} is not a level`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
     throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
@@ -165,6 +184,7 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     mtu,
     resyncSeconds: resync,
     once: values.once,
+    conflistVersion,
     apiListen,
     apiTokenFile: values["api-token-file"],
     logLevel: values["log-level"],
@@ -245,7 +265,7 @@ function setSysctl(key: string, value: string): void {
 // ------------------------------------------------------------ the agent
 
 /** The agent's state: the Node view, what was last applied, and readiness. */
-export class Agent {
+export class Agent implements AgentStateSource {
   readonly #options: AgentOptions;
   readonly #nodes = new Map<string, KubeNode>();
   #listed = false;
@@ -261,12 +281,16 @@ export class Agent {
   #running: Promise<void> | null = null;
   #again = false;
   #warnedMasquerade = false;
-  /** What the REST API's /metrics reports (reconciles, watch restarts, plugin reports). */
+  readonly #counters: AgentCounters = zeroCounters();
+  readonly #startedAt = new Date().toISOString();
+  readonly #apiServer: string;
+  /** Reconcile durations and plugin reports, for the REST API's /metrics. */
   readonly metrics = new AgentMetrics();
 
   /** Makes an agent with `options`; nothing happens until events arrive. */
-  constructor(options: AgentOptions) {
+  constructor(options: AgentOptions, apiServer = "") {
     this.#options = options;
+    this.#apiServer = apiServer;
   }
 
   /** Informer callbacks that feed this agent. */
@@ -275,12 +299,12 @@ export class Agent {
       onList: (nodes) => this.replaceNodes(nodes),
       onEvent: (event) => this.applyEvent(event),
       onError: (err, retryInMs) => {
-        this.metrics.recordWatchRestart();
         this.#apiError = err.message;
+        this.#counters.apiErrors++;
         log("error", `Kubernetes API: ${err.message}; retrying in ${(retryInMs / 1000).toFixed(1)}s`);
       },
       onExpired: (err) => {
-        this.metrics.recordWatchRestart();
+        this.#counters.expired++;
         log("info", `watch expired (${err.message}); listing nodes again`);
       },
     };
@@ -293,6 +317,7 @@ export class Agent {
     if (this.#apiError !== undefined) log("info", "Kubernetes API reachable again");
     this.#apiError = undefined;
     this.#listed = true;
+    this.#counters.lists++;
     log("debug", "listed nodes", { count: nodes.length });
     void this.schedule();
   }
@@ -303,6 +328,7 @@ export class Agent {
     if (event.type === "DELETED") this.#nodes.delete(name);
     else this.#nodes.set(name, event.node);
     this.#apiError = undefined;
+    this.#counters.events++;
     log("debug", `node ${event.type.toLowerCase()}`, { node: name });
     void this.schedule();
   }
@@ -322,11 +348,11 @@ export class Agent {
         const started = performance.now();
         try {
           await this.reconcile();
-          this.metrics.recordReconcile((performance.now() - started) / 1000, true);
         } catch (err) {
-          this.metrics.recordReconcile((performance.now() - started) / 1000, false);
+          this.#counters.reconcileErrors++;
           log("error", `reconcile failed: ${(err as Error).message}`);
         }
+        this.metrics.recordReconcile((performance.now() - started) / 1000);
       } while (this.#again);
       this.#running = null;
     })();
@@ -365,6 +391,7 @@ export class Agent {
     await this.#reconcileRoutes(cidrs);
     this.#lastSync = new Date().toISOString();
     this.#reason = "synced";
+    this.#counters.reconciles++;
   }
 
   #notReady(reason: string): void {
@@ -381,8 +408,10 @@ export class Agent {
       bridge: o.bridge,
       mtu: o.mtu,
       portmap: hasPlugin(o.cniBinDir, "portmap"),
+      cniVersion: o.conflistVersion,
     });
     if (writeConflistIfChanged(o.cniConfDir, renderConflist(doc))) {
+      this.#counters.conflistWrites++;
       log("info", `wrote ${o.cniConfDir}/${CONFLIST_FILE}`, { podCIDRs: cidrs.map(formatCidr) });
     }
     this.#conflistWritten = true;
@@ -415,6 +444,12 @@ export class Agent {
       );
     }
     const failures = await applyRouteChanges(changes);
+    this.#counters.routesRemoved += changes.remove.length;
+    for (const r of changes.put) {
+      if (table.owned.some((o) => formatCidr(o.dst) === formatCidr(r.dst))) this.#counters.routesReplaced++;
+      else this.#counters.routesAdded++;
+    }
+    this.#counters.routeFailures += failures.length;
     for (const f of failures) log("error", `route change failed: ip ${f.command.join(" ")}: ${f.error}`);
     this.#routes = desired.routes;
     this.#problems = desired.problems;
@@ -440,19 +475,28 @@ export class Agent {
     this.#loggedProblems = new Set([...current, ...own]);
   }
 
-  /** What `/readyz` answers. */
-  readiness(): Readiness {
+  /** A snapshot of the agent's state (what `/readyz`, the REST API and metrics report). */
+  state(): AgentState {
     return {
       ready: this.synced,
       reason: this.synced ? "synced" : this.#reason,
       node: this.#options.nodeName,
+      apiServer: this.#apiServer,
       podCIDRs: this.#podCidrs.map(formatCidr),
       conflist: this.#conflistWritten ? `${this.#options.cniConfDir}/${CONFLIST_FILE}` : null,
       routes: this.#routes.map((r) => ({ node: r.node, dst: formatCidr(r.dst), via: formatIp(r.gateway) })),
-      problems: this.#problems,
+      problems: this.#problems.map((p) => ({ ...p })),
+      nodesKnown: this.#nodes.size,
       apiError: this.#apiError ?? null,
       lastSync: this.#lastSync ?? null,
+      startedAt: this.#startedAt,
+      counters: { ...this.#counters },
     };
+  }
+
+  /** What `/readyz` answers: the state snapshot. */
+  readiness(): AgentState {
+    return this.state();
   }
 }
 
@@ -532,7 +576,7 @@ export async function agentMain(args: string[]): Promise<number> {
     credentials: client.target.source,
     clusterCIDRs: parsed.clusterCidrs.map(formatCidr),
   });
-  const agent = new Agent(parsed);
+  const agent = new Agent(parsed, client.target.server);
   try {
     return parsed.once ? await runOnce(agent, client, 60_000) : await runForever(agent, client, parsed);
   } catch (err) {

@@ -7,7 +7,8 @@
  */
 import { type Cidr, formatCidr, formatIp, parseCidr } from "./addr.ts";
 import type { IpamView } from "./allocations.ts";
-import type { ApiSource, Readiness } from "./api.ts";
+import type { AgentState } from "./agentstate.ts";
+import type { ApiSource } from "./api.ts";
 import type { BuiltinIpam } from "./config.ts";
 import { loadNetConf } from "./config.ts";
 import { buildConflist, CONFLIST_FILE } from "./conflist.ts";
@@ -20,24 +21,17 @@ import type { AgentOptions } from "./agent.ts";
 
 /** The parts of the agent the API reads. */
 export interface AgentView {
-  readiness(): Readiness;
+  state(): AgentState;
   nodeList(): KubeNode[];
   readonly metrics: AgentMetrics;
 }
 
-interface ReadyRoute {
-  node: string;
-  dst: string;
-  via: string;
-}
-
 /** The API source for an agent with `options`. */
 export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSource {
-  const podCidrs = () => (agent.readiness().podCIDRs as string[] | undefined) ?? [];
   return {
-    readiness: () => agent.readiness(),
+    readiness: () => agent.state(),
     status: () => {
-      const r = agent.readiness();
+      const r = agent.state();
       let mtu: number | null = options.mtu ?? null;
       if (mtu === null) {
         try {
@@ -49,19 +43,22 @@ export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSour
         node: options.nodeName,
         ready: r.ready,
         reason: r.reason,
-        podCIDRs: podCidrs(),
+        podCIDRs: r.podCIDRs,
         clusterCIDRs: options.clusterCidrs.map(formatCidr),
         bridge: options.bridge,
         mtu,
-        conflist: r.conflist ?? null,
-        routes: ((r.routes as ReadyRoute[] | undefined) ?? []).length,
-        problems: r.problems ?? [],
-        apiError: r.apiError ?? null,
-        lastSync: r.lastSync ?? null,
+        conflist: r.conflist,
+        routes: r.routes.length,
+        problems: r.problems,
+        nodesKnown: r.nodesKnown,
+        apiServer: r.apiServer,
+        apiError: r.apiError,
+        lastSync: r.lastSync,
+        startedAt: r.startedAt,
       };
     },
     nodes: () => {
-      const problems = (agent.readiness().problems as { node: string; problem: string }[] | undefined) ?? [];
+      const problems = agent.state().problems;
       return agent.nodeList()
         .map((node) => ({
           name: node.metadata.name,
@@ -72,7 +69,7 @@ export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSour
         }))
         .sort((a, b) => a.name.localeCompare(b.name));
     },
-    routes: () => (agent.readiness().routes as ReadyRoute[] | undefined) ?? [],
+    routes: () => agent.state().routes,
     config: () => ({
       nodeName: options.nodeName,
       kubeconfig: options.kubeconfig ?? null,
@@ -85,8 +82,11 @@ export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSour
       bridge: options.bridge,
       mtu: options.mtu ?? null,
       resyncSeconds: options.resyncSeconds,
+      conflistVersion: options.conflistVersion,
+      apiListen: options.apiListen ? `${options.apiListen.hostname}:${options.apiListen.port}` : null,
     }),
-    ipam: () => ipamViewOf(podCidrs(), options),
+    ipam: () => ipamViewOf(agent.state().podCIDRs, options),
+    counters: () => agent.state().counters,
     metrics: () => agent.metrics,
   };
 }

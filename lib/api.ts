@@ -16,6 +16,7 @@ import { collectStale, type IpamView, listAllocations, poolGauges } from "./allo
 import { reportSocketPath } from "./agentclient.ts";
 import { UnixDatagramReceiver } from "./libc.ts";
 import { configureLog, isLogLevel, log, logLevel } from "./log.ts";
+import type { AgentCounters } from "./agentstate.ts";
 import type { AgentMetrics } from "./metrics.ts";
 import openapi from "./openapi.json" with { type: "json" };
 
@@ -42,7 +43,9 @@ export interface ApiSource {
   config(): Record<string, unknown>;
   /** The IPAM store the conflist points at; null before the conflist is written. */
   ipam(): IpamView | null;
-  /** Counters the agent and the plugin reports feed. */
+  /** The agent's own counters (reconciles, route changes, watch restarts ...). */
+  counters(): AgentCounters;
+  /** Reconcile durations and the plugin's reports. */
   metrics(): AgentMetrics;
 }
 
@@ -172,6 +175,7 @@ function metricsText(source: ApiSource): string {
     ready: source.readiness().ready,
     routesOwned: source.routes().length,
     pools,
+    counters: source.counters(),
   });
 }
 
@@ -388,6 +392,7 @@ export async function startApiServer(
     routes: () => source.routes(),
     config: () => source.config(),
     ipam: () => source.ipam(),
+    counters: () => source.counters(),
     metrics: () => (drainReports(), source.metrics()),
   };
   try {

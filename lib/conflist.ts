@@ -13,8 +13,14 @@ import { type Cidr, formatCidr } from "./addr.ts";
 export const CONFLIST_FILE = "10-pontoon.conflist";
 /** The CNI network's name. */
 export const NETWORK_NAME = "pontoon";
-/** The spec version the conflist declares. */
+/** The spec version the conflist declares by default. */
 export const CONFLIST_VERSION = "1.1.0";
+/**
+ * Versions the agent may declare. 1.0.0 is for runtimes whose libcni
+ * predates CNI 1.1 (libcni < 1.2, e.g. containerd 1.7), which refuse a
+ * 1.1.0 list; they never send STATUS or GC anyway.
+ */
+export const CONFLIST_VERSIONS = ["1.0.0", "1.1.0"] as const;
 
 /** What goes into the conflist. */
 export interface ConflistOptions {
@@ -30,6 +36,8 @@ export interface ConflistOptions {
   mtu?: number;
   /** Chain the reference `portmap` plugin (when it is in the CNI bin dir). */
   portmap?: boolean;
+  /** The declared `cniVersion`; default {@link CONFLIST_VERSION}. */
+  cniVersion?: (typeof CONFLIST_VERSIONS)[number];
 }
 
 /**
@@ -64,7 +72,7 @@ export function buildConflist(options: ConflistOptions): Record<string, unknown>
   };
   const plugins: Record<string, unknown>[] = [pontoon];
   if (options.portmap) plugins.push({ type: "portmap", capabilities: { portMappings: true }, snat: true });
-  return { cniVersion: CONFLIST_VERSION, name: NETWORK_NAME, plugins };
+  return { cniVersion: options.cniVersion ?? CONFLIST_VERSION, name: NETWORK_NAME, plugins };
 }
 
 /** The file text for a conflist object (stable formatting, final newline). */

@@ -127,8 +127,10 @@ export async function clusterMasqueradeInstalled(script: string): Promise<boolea
   const text = await nftOutput(["list", "table", "inet", CLUSTER_MASQUERADE_TABLE]);
   if (text === null) return false;
   const signature = /\[([0-9a-f]{8})\]"/.exec(script)?.[1];
-  const wanted = script.split("\n").filter((l) => l.includes(" masquerade")).length;
-  const present = text.split("\n").filter((l) => /\bmasquerade\b/.test(l) && !l.includes("comment")).length;
+  // Rule lines end in the verdict; the table comment also says "masquerade".
+  const rules = (t: string) => t.split("\n").filter((l) => l.trim().endsWith(" masquerade")).length;
+  const wanted = rules(script);
+  const present = rules(text);
   return signature !== undefined && text.includes(`[${signature}]`) && present === wanted;
 }
 

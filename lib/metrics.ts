@@ -1,11 +1,13 @@
 /**
  * The agent's metrics and their Prometheus text exposition (format 0.0.4):
- * CNI verb outcomes and latencies as reported by the plugin, reconcile
- * durations and errors, watch restarts, plus gauges computed on scrape
- * (IPAM pools, routes owned, readiness).
+ * CNI verb outcomes and latencies as reported by the plugin and reconcile
+ * durations (kept here), the agent's own counters (reconciles, errors,
+ * route changes, watch restarts: `agentstate.ts`), plus gauges computed on
+ * scrape (IPAM pools, routes owned, readiness).
  *
  * @module
  */
+import type { AgentCounters } from "./agentstate.ts";
 
 /** Latency buckets in seconds, for CNI verbs and reconciles. */
 export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
@@ -59,6 +61,8 @@ export interface ScrapeGauges {
   ready: boolean;
   routesOwned: number;
   pools: PoolGauge[];
+  /** The agent's counters since it started. */
+  counters: AgentCounters;
 }
 
 /** A report datagram that is not a valid report. */
@@ -75,8 +79,6 @@ export class AgentMetrics {
   readonly #cniCounts = new Map<string, number>();
   readonly #cniLatency = new Map<string, Histogram>();
   readonly #reconcile = new Histogram();
-  #reconcileErrors = 0;
-  #watchRestarts = 0;
   #invalidReports = 0;
 
   /** Records one plugin report (a JSON datagram); invalid ones are counted and rejected. */
@@ -109,15 +111,9 @@ export class AgentMetrics {
     h.observe(seconds);
   }
 
-  /** Records one reconcile pass. */
-  recordReconcile(seconds: number, ok: boolean): void {
+  /** Records the duration of one reconcile pass. */
+  recordReconcile(seconds: number): void {
     this.#reconcile.observe(seconds);
-    if (!ok) this.#reconcileErrors++;
-  }
-
-  /** Records one restart of the Kubernetes watch (error or expiry). */
-  recordWatchRestart(): void {
-    this.#watchRestarts++;
   }
 
   /** The whole exposition text. */
@@ -176,15 +172,42 @@ export class AgentMetrics {
       "Duration of reconcile passes.",
       this.#reconcile.lines("pontoon_reconcile_duration_seconds", ""),
     );
+    const c = gauges.counters;
+    family("pontoon_reconciles_total", "counter", "Reconcile passes that ran to the end.", [
+      `pontoon_reconciles_total ${c.reconciles}`,
+    ]);
     family("pontoon_reconcile_errors_total", "counter", "Reconcile passes that failed.", [
-      `pontoon_reconcile_errors_total ${this.#reconcileErrors}`,
+      `pontoon_reconcile_errors_total ${c.reconcileErrors}`,
+    ]);
+    family("pontoon_route_changes_total", "counter", "Routes to other nodes added, replaced or removed.", [
+      `pontoon_route_changes_total{change="added"} ${c.routesAdded}`,
+      `pontoon_route_changes_total{change="replaced"} ${c.routesReplaced}`,
+      `pontoon_route_changes_total{change="removed"} ${c.routesRemoved}`,
+    ]);
+    family("pontoon_route_failures_total", "counter", "Route changes that failed.", [
+      `pontoon_route_failures_total ${c.routeFailures}`,
     ]);
     family(
       "pontoon_kube_watch_restarts_total",
       "counter",
-      "Restarts of the Kubernetes Node watch (errors and expired resource versions).",
-      [`pontoon_kube_watch_restarts_total ${this.#watchRestarts}`],
+      "Restarts of the Kubernetes Node watch: expired resource versions (410 Gone) and API errors.",
+      [`pontoon_kube_watch_restarts_total ${c.expired + c.apiErrors}`],
     );
+    family("pontoon_kube_watch_expired_total", "counter", "Node watches that expired with 410 Gone.", [
+      `pontoon_kube_watch_expired_total ${c.expired}`,
+    ]);
+    family("pontoon_kube_api_errors_total", "counter", "Failed requests to the Kubernetes API.", [
+      `pontoon_kube_api_errors_total ${c.apiErrors}`,
+    ]);
+    family("pontoon_kube_node_lists_total", "counter", "Full Node lists.", [
+      `pontoon_kube_node_lists_total ${c.lists}`,
+    ]);
+    family("pontoon_kube_node_events_total", "counter", "Node watch events applied.", [
+      `pontoon_kube_node_events_total ${c.events}`,
+    ]);
+    family("pontoon_conflist_writes_total", "counter", "Conflist writes (only when its content changed).", [
+      `pontoon_conflist_writes_total ${c.conflistWrites}`,
+    ]);
     family("pontoon_agent_ready", "gauge", "1 when the node is synced (what /readyz reports).", [
       `pontoon_agent_ready ${gauges.ready ? 1 : 0}`,
     ]);

@@ -17,6 +17,7 @@ import {
 import { apiRequest } from "../lib/apiclient.ts";
 import { UnixDatagramReceiver } from "../lib/libc.ts";
 import { logLevel } from "../lib/log.ts";
+import { zeroCounters } from "../lib/agentstate.ts";
 import { AgentMetrics } from "../lib/metrics.ts";
 import { parsePrometheusText, sampleValue } from "./promtext.ts";
 
@@ -30,6 +31,7 @@ function plainSource(metrics = new AgentMetrics()): ApiSource {
     routes: () => [{ node: "n2", dst: "10.2.0.0/24", via: "192.0.2.2" }],
     config: () => ({ nodeName: "n1" }),
     ipam: () => null,
+    counters: () => zeroCounters(),
     metrics: () => metrics,
   };
 }
@@ -142,11 +144,11 @@ Deno.test("metrics: exposition parses, histograms are consistent, reports are va
   for (const bad of ["nope", '{"verb":"STATUS","code":0,"ms":1}', '{"verb":"ADD","code":-1,"ms":1}', "{}"]) {
     assert.throws(() => m.recordReport(new TextEncoder().encode(bad)));
   }
-  m.recordReconcile(0.02, true);
-  m.recordReconcile(0.3, false);
-  m.recordWatchRestart();
+  m.recordReconcile(0.02);
+  m.recordReconcile(0.3);
+  const counters = { ...zeroCounters(), reconciles: 1, reconcileErrors: 1, expired: 1, apiErrors: 2, routesAdded: 3 };
   const families = parsePrometheusText(
-    m.render({ ready: true, routesOwned: 2, pools: [{ range: "10.1.0.0/24", size: 253, used: 4 }] }),
+    m.render({ ready: true, routesOwned: 2, pools: [{ range: "10.1.0.0/24", size: 253, used: 4 }], counters }),
   );
   assert.equal(sampleValue(families, "pontoon_cni_operations_total", { verb: "ADD", result: "success" }), 1);
   assert.equal(sampleValue(families, "pontoon_cni_operations_total", { verb: "ADD", result: "error" }), 1);
@@ -160,7 +162,8 @@ Deno.test("metrics: exposition parses, histograms are consistent, reports are va
   assert.equal(sampleValue(families, "pontoon_routes_owned"), 2);
   assert.equal(sampleValue(families, "pontoon_reconcile_duration_seconds_count"), 2);
   assert.equal(sampleValue(families, "pontoon_reconcile_errors_total"), 1);
-  assert.equal(sampleValue(families, "pontoon_kube_watch_restarts_total"), 1);
+  assert.equal(sampleValue(families, "pontoon_kube_watch_restarts_total"), 3);
+  assert.equal(sampleValue(families, "pontoon_route_changes_total", { change: "added" }), 3);
   assert.equal(families.get("pontoon_cni_operation_duration_seconds")?.type, "histogram");
 });
 

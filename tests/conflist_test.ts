@@ -61,6 +61,7 @@ Deno.test("agent flags: every path is a flag, cluster CIDRs repeat, bad values a
   assert.equal(o.nodeName, "n1");
   assert.deepEqual([o.cniConfDir, o.cniBinDir, o.ipamDataDir, o.apiSocket], ["/a", "/b", "/c", "/d/api.sock"]);
   assert.equal(o.clusterCidrs.length, 2);
+  assert.equal(o.conflistVersion, "1.1.0");
   assert.equal(parseAgentArgs([], { NODE_NAME: "from-env" }).nodeName, "from-env");
   const bad: [string[], RegExp][] = [
     [["--node-name=Bad_Name"], /not a Kubernetes node name/],
@@ -68,6 +69,7 @@ Deno.test("agent flags: every path is a flag, cluster CIDRs repeat, bad values a
     [["--node-name=n", "--cluster-cidr=10.0.0.0"], /not a CIDR/],
     [["--node-name=n", "--resync-interval=0"], /resync-interval/],
     [["--node-name=n", "--bogus"], /bogus/],
+    [["--node-name=n", "--conflist-version=0.4.0"], /--conflist-version: 0\.4\.0 is not one of 1\.0\.0, 1\.1\.0/],
   ];
   for (const [args, pattern] of bad) assert.throws(() => parseAgentArgs(args, {}), pattern);
 });
