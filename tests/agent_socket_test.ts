@@ -1,0 +1,52 @@
+/** The agent's unix socket: root-only, one agent per socket, stale sockets replaced, readiness codes. */
+import assert from "node:assert/strict";
+import { SocketInUseError, startApiServer } from "../lib/api.ts";
+
+/**
+ * `GET path` over the unix socket, asynchronously (the plugin's agentGet
+ * blocks the thread, and the server under test runs in this process).
+ */
+async function agentGet(socket: string, path: string): Promise<{ status: number; body: string }> {
+  const conn = await Deno.connect({ transport: "unix", path: socket });
+  try {
+    await conn.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: pontoon\r\nConnection: close\r\n\r\n`));
+    const text = await new Response(conn.readable).text();
+    return { status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) };
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+}
+
+Deno.test("agent socket: mode 0600, /readyz 503 then 200, a second server on it refused, a stale file replaced", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pontoon-sock-" });
+  const path = `${dir}/run/api.sock`;
+  let ready = false;
+  const source = { readiness: () => ({ ready, reason: ready ? "synced" : "waiting for a pod CIDR" }) };
+  try {
+    const server = await startApiServer(path, source);
+    try {
+      assert.equal(Deno.statSync(path).mode! & 0o777, 0o600);
+      assert.deepEqual([...Deno.readDirSync(`${dir}/run`)].map((e) => e.name), ["api.sock"]);
+      const before = await agentGet(path, "/readyz");
+      assert.equal(before.status, 503);
+      assert.match(before.body, /waiting for a pod CIDR/);
+      ready = true;
+      assert.equal((await agentGet(path, "/readyz")).status, 200);
+      assert.equal((await agentGet(path, "/healthz")).status, 200);
+      assert.equal((await agentGet(path, "/nope")).status, 404);
+      await assert.rejects(startApiServer(path, source), SocketInUseError);
+    } finally {
+      await server.close();
+    }
+    assert.throws(() => Deno.statSync(path), Deno.errors.NotFound);
+    // A socket file left by a killed agent is replaced.
+    const stale = Deno.listen({ transport: "unix", path });
+    stale.close();
+    const again = await startApiServer(path, source);
+    assert.equal((await agentGet(path, "/readyz")).status, 200);
+    await again.close();
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
