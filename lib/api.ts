@@ -16,8 +16,8 @@ import { collectStale, type IpamView, listAllocations, poolGauges } from "./allo
 import { reportSocketPath } from "./agentclient.ts";
 import { UnixDatagramReceiver } from "./libc.ts";
 import { configureLog, isLogLevel, log, logLevel } from "./log.ts";
-import type { AgentCounters } from "./agentstate.ts";
-import type { AgentMetrics } from "./metrics.ts";
+import { type AgentCounters, zeroCounters } from "./agentstate.ts";
+import { AgentMetrics } from "./metrics.ts";
 import openapi from "./openapi.json" with { type: "json" };
 
 /** What `/readyz` reports. */
@@ -47,6 +47,21 @@ export interface ApiSource {
   counters(): AgentCounters;
   /** Reconcile durations and the plugin's reports. */
   metrics(): AgentMetrics;
+}
+
+/** A source that knows only readiness (everything else empty), for tools and tests. */
+export function readinessOnlySource(readiness: () => Readiness): ApiSource {
+  const metrics = new AgentMetrics();
+  return {
+    readiness,
+    status: () => ({ ...readiness() }),
+    nodes: () => [],
+    routes: () => [],
+    config: () => ({}),
+    ipam: () => null,
+    counters: () => zeroCounters(),
+    metrics: () => metrics,
+  };
 }
 
 /** TCP listener settings; the token file is required. */
