@@ -65,6 +65,12 @@ Deno.test("api: wrong method is 405 with an Allow header", async () => {
   await gc.body?.cancel();
 });
 
+Deno.test("api: HEAD is answered like GET, without a body", async () => {
+  const r = await handleApiRequest(req("HEAD", "/healthz"), plainSource());
+  assert.equal(r.status, 200);
+  assert.equal(await r.text(), "");
+});
+
 Deno.test("api: bad JSON, a non-object and an unknown level are 400", async () => {
   for (const body of ["{not json", "[1,2]", JSON.stringify({ level: "loud" })]) {
     const r = await handleApiRequest(req("PUT", "/v1/config/log-level", body), plainSource());

@@ -209,6 +209,18 @@ Deno.test("ops: the socket is root-only (nobody is refused) and TCP needs the be
     ]);
     assert.equal(asNobody.code, 7, `nobody connected: ${asNobody.stdout} ${asNobody.stderr}`);
     assert.equal(asNobody.stdout, "");
+    // The CLI run as nobody says why.
+    const cliNobody = await sh("setpriv", [
+      "--reuid=65534",
+      "--regid=65534",
+      "--clear-groups",
+      PLUGIN,
+      "status",
+      "--api-socket",
+      sb.socket,
+    ]);
+    assert.equal(cliNobody.code, 1);
+    assert.match(cliNobody.stderr, /permission denied \(the socket is root-only; use sudo\)/);
 
     const tcp = (extra: string[]) =>
       sh("ip", [
