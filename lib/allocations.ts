@@ -32,6 +32,8 @@ export interface AllocationRow {
   netns: string | null;
   /** The host side veth the plugin made for it. */
   hostVeth: string;
+  /** When the reservation was written (ISO time), or null. */
+  reservedAt: string | null;
 }
 
 /** Every reservation in the store, by attachment, sorted by address. */
@@ -50,6 +52,7 @@ export function listAllocations(view: IpamView): AllocationRow[] {
         podName: null,
         netns: null,
         hostVeth: hostVethName(containerId, ifname),
+        reservedAt: null,
       };
       rows.set(key, row);
     }
@@ -62,6 +65,10 @@ export function listAllocations(view: IpamView): AllocationRow[] {
     row.netns = record.netns ?? null;
   }
   for (const { ip, owner } of store.listAddresses()) rowOf(owner.containerId, owner.ifname).ips.push(ip);
+  for (const row of rows.values()) {
+    row.reservedAt = store.reservedAt({ containerId: row.containerId, ifname: row.ifname }, row.ips)?.toISOString() ??
+      null;
+  }
   return [...rows.values()].filter((r) => r.ips.length > 0 || r.netns !== null)
     .sort((a, b) => (a.ips[0] ?? "").localeCompare(b.ips[0] ?? "", "en", { numeric: true }));
 }
@@ -76,8 +83,16 @@ export function poolGauges(view: IpamView): { range: string; size: number; used:
   }));
 }
 
-/** True when nothing of the attachment is left on the node: no netns and no host veth. */
-export function isStale(row: AllocationRow): boolean {
+/** How old a reservation must be before GC may take it (default): an ADD in progress has no veth yet. */
+export const DEFAULT_GC_MIN_AGE_SECONDS = 60;
+
+/**
+ * True when nothing of the attachment is left on the node (no netns, no
+ * host veth) and the reservation is at least `minAgeMs` old, so an ADD
+ * still wiring its pod is never taken.
+ */
+export function isStale(row: AllocationRow, minAgeMs: number, now = Date.now()): boolean {
+  if (row.reservedAt !== null && now - Date.parse(row.reservedAt) < minAgeMs) return false;
   if (row.netns !== null && pathExists(row.netns)) return false;
   return !linkExists(row.hostVeth);
 }
@@ -85,6 +100,8 @@ export function isStale(row: AllocationRow): boolean {
 /** What a GC pass found (and, when applied, released). */
 export interface GcOutcome {
   applied: boolean;
+  /** Reservations younger than this were not considered. */
+  minAgeSeconds: number;
   stale: AllocationRow[];
   released: AllocationRow[];
 }
@@ -94,13 +111,18 @@ export interface GcOutcome {
  * checked again right before release, so an attachment that came back
  * meanwhile is kept.
  */
-export function collectStale(view: IpamView, apply: boolean): GcOutcome {
-  const stale = listAllocations(view).filter(isStale);
+export function collectStale(
+  view: IpamView,
+  apply: boolean,
+  minAgeSeconds = DEFAULT_GC_MIN_AGE_SECONDS,
+): GcOutcome {
+  const minAgeMs = minAgeSeconds * 1000;
+  const stale = listAllocations(view).filter((row) => isStale(row, minAgeMs));
   const released: AllocationRow[] = [];
   if (apply) {
     const store = new IpamStore(view.dataDir, view.network);
     for (const row of stale) {
-      if (!isStale(row)) continue;
+      if (!isStale(row, minAgeMs)) continue;
       const att = { containerId: row.containerId, ifname: row.ifname };
       store.locked(() => {
         // Address files without an index record (a crash mid-ADD) are released too.
@@ -110,5 +132,5 @@ export function collectStale(view: IpamView, apply: boolean): GcOutcome {
       released.push(row);
     }
   }
-  return { applied: apply, stale, released };
+  return { applied: apply, minAgeSeconds, stale, released };
 }

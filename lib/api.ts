@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { collectStale, type IpamView, listAllocations, poolGauges } from "./allocations.ts";
+import { collectStale, DEFAULT_GC_MIN_AGE_SECONDS, type IpamView, listAllocations, poolGauges } from "./allocations.ts";
 import { reportSocketPath } from "./agentclient.ts";
 import { UnixDatagramReceiver } from "./libc.ts";
 import { configureLog, isLogLevel, log, logLevel } from "./log.ts";
@@ -194,6 +194,15 @@ function metricsText(source: ApiSource): string {
   });
 }
 
+function parseMinAge(url: URL): number {
+  const value = url.searchParams.get("minAge");
+  if (value === null) return DEFAULT_GC_MIN_AGE_SECONDS;
+  if (!/^\d{1,7}$/.test(value)) {
+    throw new ApiError(400, "bad_request", `minAge=${JSON.stringify(value).slice(0, 60)}: must be whole seconds`);
+  }
+  return Number(value);
+}
+
 function parseApply(url: URL): boolean {
   const value = url.searchParams.get("apply");
   if (value === null || value === "false" || value === "0") return false;
@@ -239,7 +248,7 @@ const ROUTES: Route[] = [
     path: "/v1/gc",
     handler: (_r, url, source) => {
       const apply = parseApply(url);
-      const outcome = collectStale(requireIpam(source), apply);
+      const outcome = collectStale(requireIpam(source), apply, parseMinAge(url));
       if (outcome.released.length > 0) {
         log("info", "GC released stale reservations", {
           released: outcome.released.map((r) => `${r.containerId}/${r.ifname}`),

@@ -234,17 +234,27 @@ async function cmdNodes(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
-const GC_HELP = `Usage: pontoon gc [--apply] [--api-socket PATH] [-o table|json]
+const GC_HELP = `Usage: pontoon gc [--apply] [--min-age SECONDS] [--api-socket PATH] [-o table|json]
 
 Finds IPAM reservations whose network namespace and host veth are both
 gone (a runtime that never called DEL). A dry run by default: lists what
-would be released. With --apply, releases them.
+would be released. With --apply, releases them. Reservations younger
+than --min-age (default 60 s) are left alone: an ADD in progress has no
+veth yet.
 `;
 
 async function cmdGc(args: string[]): Promise<number> {
-  const { flags, values } = parseClient(args, { apply: { type: "boolean", default: false } });
+  const { flags, values } = parseClient(args, {
+    apply: { type: "boolean", default: false },
+    "min-age": { type: "string" },
+  });
   if (flags.help) return help(GC_HELP);
-  const doc = expectOk(await ask(flags, "POST", `/v1/gc?apply=${values.apply ? "true" : "false"}`));
+  const minAge = values["min-age"] as string | undefined;
+  if (minAge !== undefined && !/^\d{1,7}$/.test(minAge)) {
+    throw new UsageError(`--min-age ${minAge}: must be whole seconds`);
+  }
+  const query = `apply=${values.apply ? "true" : "false"}${minAge === undefined ? "" : `&minAge=${minAge}`}`;
+  const doc = expectOk(await ask(flags, "POST", `/v1/gc?${query}`));
   if (flags.json) {
     out(JSON.stringify(doc, null, 2));
     return EXIT.ok;

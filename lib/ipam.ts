@@ -173,6 +173,18 @@ export class IpamStore {
     return out;
   }
 
+  /** When the attachment's reservation was last written (newest of its index and address files), or null. */
+  reservedAt(att: Attachment, ips: string[]): Date | null {
+    let newest: Date | null = null;
+    for (const path of [this.#indexPath(att), ...ips.map((ip) => `${this.dir}/${ip}`)]) {
+      try {
+        const mtime = Deno.statSync(path).mtime;
+        if (mtime && (!newest || mtime > newest)) newest = mtime;
+      } catch { /* absent */ }
+    }
+    return newest;
+  }
+
   /** Removes temporary files left by a process killed mid-write. */
   removeStaleTemporaries(): void {
     for (const dir of [this.dir, `${this.dir}/${INDEX_DIR}`]) {

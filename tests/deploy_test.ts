@@ -65,6 +65,7 @@ const ALLOWED_HOST_PATHS = new Set([
   "/var/lib/cni/networks",
   "/run/pontoon",
   "/lib/modules",
+  "/run/netns",
 ]);
 
 function podSpec(): Doc {
@@ -174,6 +175,11 @@ Deno.test("deploy: host paths are the few Pontoon needs; every mount names a vol
     assert.equal(volumes.get(m.name).hostPath?.path, m.mountPath, `${path}: must be the same path on the host`);
     assert.notEqual(m.readOnly, true, `${path} must be writable`);
   }
+  // Pods' netns paths are the host's; GC needs them at the same place, with later mounts propagated.
+  const netns = agent.volumeMounts.find((m: Doc) => m.mountPath === "/run/netns");
+  assert.equal(volumes.get(netns?.name)?.hostPath?.path, "/run/netns");
+  assert.equal(netns.mountPropagation, "HostToContainer");
+  assert.equal(netns.readOnly, true);
   for (const path of [opts.cniConfDir, opts.cniBinDir]) {
     const m = mountOf(path);
     assert.ok(m?.name && volumes.get(m.name).hostPath, `${path} is not a host path`);
