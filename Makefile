@@ -13,7 +13,7 @@ DENO := $(CURDIR)/node_modules/@deno/linux-x64-glibc/deno
 ifeq ($(shell uname -m),aarch64)
 DENO := $(CURDIR)/node_modules/@deno/linux-arm64-glibc/deno
 endif
-SOURCES := main.ts $(wildcard lib/*.ts) deno.json
+SOURCES := main.ts $(wildcard lib/*.ts) $(wildcard lib/*.json) deno.json
 # The plugin needs no network permission: it talks to the agent over a unix socket.
 PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow-ffi
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \

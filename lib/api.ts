@@ -288,6 +288,10 @@ export async function handleApiRequest(request: Request, source: ApiSource): Pro
       const allow = candidates.map((r) => r.method).join(", ");
       throw new ApiError(405, "method_not_allowed", `${request.method} ${url.pathname}: use ${allow}`, { allow });
     }
+    const declared = Number(request.headers.get("content-length") ?? "0");
+    if (declared > MAX_BODY_BYTES) {
+      throw new ApiError(413, "payload_too_large", `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES}`);
+    }
     const response = await route.handler(request, url, source);
     return request.method === "HEAD" ? new Response(null, response) : response;
   } catch (err) {

@@ -90,6 +90,12 @@ Deno.test("api: a body over the limit is 413, whether declared or streamed", asy
       c.close();
     },
   });
+  const gc = await handleApiRequest(
+    req("POST", "/v1/gc", big, { "content-length": String(big.length) }),
+    plainSource(),
+  );
+  assert.equal(gc.status, 413, "every endpoint refuses an oversized body");
+  await gc.body?.cancel();
   const streamed = await handleApiRequest(req("PUT", "/v1/config/log-level", stream), plainSource());
   assert.equal(streamed.status, 413);
   await streamed.body?.cancel();

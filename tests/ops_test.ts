@@ -273,6 +273,8 @@ Deno.test("ops: bad requests over the real socket get JSON errors: 404, 405, 400
     assert.equal(bad.doc.error.code, "bad_json");
     const big = await call("PUT", "/v1/config/log-level", JSON.stringify({ level: "warn", pad: "x".repeat(70_000) }));
     assert.equal(big.status, 413);
+    assert.equal(big.doc.error.code, "payload_too_large");
+    assert.equal((await call("POST", "/v1/gc", "x".repeat(70_000))).status, 413);
     const set = await call("PUT", "/v1/config/log-level", '{"level":"warn"}');
     assert.equal(set.status, 200);
     assert.deepEqual(set.doc, { level: "warn", was: "debug" });
