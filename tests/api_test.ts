@@ -19,6 +19,7 @@ import { UnixDatagramReceiver } from "../lib/libc.ts";
 import { logLevel } from "../lib/log.ts";
 import { zeroCounters } from "../lib/agentstate.ts";
 import { AgentMetrics } from "../lib/metrics.ts";
+import { allRefs, resolveRef } from "./openapi_check.ts";
 import { parsePrometheusText, sampleValue } from "./promtext.ts";
 
 const OPENAPI_PATH = new URL("../lib/openapi.json", import.meta.url).pathname;
@@ -135,6 +136,7 @@ Deno.test("api: the OpenAPI document in the repo describes exactly the served ro
       assert.ok(Object.keys(op.responses).length > 0, `${method} ${path} documents no response`);
     }
   }
+  for (const ref of allRefs(doc)) resolveRef(doc, ref);
   const served = await handleApiRequest(req("GET", "/v1/openapi.json"), plainSource());
   assert.deepEqual(await served.json(), doc);
 });

@@ -20,7 +20,18 @@ import {
   stopSandbox,
   waitReady,
 } from "./ops_sandbox.ts";
+import { schemaProblems } from "./openapi_check.ts";
 import { parsePrometheusText, sampleValue } from "./promtext.ts";
+
+const OPENAPI = JSON.parse(Deno.readTextFileSync(new URL("../lib/openapi.json", import.meta.url)));
+
+/** Asserts `doc` is what the OpenAPI document promises for `method path` answering `status`. */
+function assertDocumented(method: string, path: string, status: number, doc: unknown): void {
+  const schema = OPENAPI.paths[path]?.[method.toLowerCase()]?.responses[String(status)]?.content?.["application/json"]
+    ?.schema;
+  assert.ok(schema, `${method} ${path} ${status} is not documented`);
+  assert.deepEqual(schemaProblems(OPENAPI, schema, doc), [], `${method} ${path} ${status}`);
+}
 
 async function get(sb: Sandbox, path: string) {
   const r = await apiRequest(sb.socket, "GET", path);
@@ -54,7 +65,10 @@ Deno.test("ops: readyz is 503 and `pontoon status` exits 3 until the pod CIDR is
     const status = await cli(sb, "status");
     assert.equal(status.code, 3, status.stdout + status.stderr);
     assert.match(status.stdout, /ready:\s+no: .*pod CIDR/);
-    assert.equal((await get(sb, "/v1/allocations")).status, 503);
+    const noIpam = await get(sb, "/v1/allocations");
+    assert.equal(noIpam.status, 503);
+    assertDocumented("GET", "/v1/allocations", 503, noIpam.doc);
+    assertDocumented("GET", "/readyz", 503, (await get(sb, "/readyz")).doc);
     sb.kube.updateNode("n1", (n) => n.spec = { podCIDR: "10.88.1.0/24", podCIDRs: ["10.88.1.0/24"] });
     await waitReady(sb);
     const after = await cli(sb, "status");
@@ -101,6 +115,19 @@ Deno.test("ops: every GET endpoint answers with the agent's view; CLI tables and
     assert.equal(a.netns, pod.netns);
     assert.equal(a.hostVeth, pod.hostVeth);
     assert.deepEqual(a.ips, [pod.result.ips[0].address.split("/")[0]]);
+
+    // Every JSON answer conforms to the documented schema.
+    for (const [path, ops] of Object.entries(openapi.paths as Record<string, Record<string, unknown>>)) {
+      // deno-lint-ignore no-explicit-any
+      const op = ops.get as any;
+      if (!op) continue;
+      const reply = await apiRequest(sb.socket, "GET", path);
+      const content = op.responses[String(reply.status)]?.content;
+      assert.ok(content, `GET ${path}: status ${reply.status} is not documented`);
+      const schema = content["application/json"]?.schema;
+      if (!schema) continue;
+      assert.deepEqual(schemaProblems(openapi, schema, JSON.parse(reply.body)), [], `GET ${path}`);
+    }
 
     // The CLI reads the same things.
     const ls = await cli(sb, "ipam", "ls");
@@ -173,6 +200,7 @@ Deno.test("ops: GC is a dry run by default and releases only reservations whose 
     const dry = await apiRequest(sb.socket, "POST", "/v1/gc?minAge=0");
     assert.equal(dry.status, 200);
     const dryDoc = JSON.parse(dry.body);
+    assertDocumented("POST", "/v1/gc", 200, dryDoc);
     assert.equal(dryDoc.applied, false);
     assert.deepEqual(dryDoc.stale.map((s: { containerId: string }) => s.containerId), [gone.containerId]);
     assert.deepEqual(dryDoc.released, []);
@@ -270,6 +298,7 @@ Deno.test("ops: bad requests over the real socket get JSON errors: 404, 405, 400
     assert.equal(na.allow, "GET");
     const bad = await call("PUT", "/v1/config/log-level", "{level: warn");
     assert.equal(bad.status, 400);
+    assertDocumented("PUT", "/v1/config/log-level", 400, bad.doc);
     assert.equal(bad.doc.error.code, "bad_json");
     const big = await call("PUT", "/v1/config/log-level", JSON.stringify({ level: "warn", pad: "x".repeat(70_000) }));
     assert.equal(big.status, 413);
@@ -278,6 +307,7 @@ Deno.test("ops: bad requests over the real socket get JSON errors: 404, 405, 400
     const set = await call("PUT", "/v1/config/log-level", '{"level":"warn"}');
     assert.equal(set.status, 200);
     assert.deepEqual(set.doc, { level: "warn", was: "debug" });
+    assertDocumented("PUT", "/v1/config/log-level", 200, set.doc);
     assert.equal((await call("GET", "/v1/config")).doc.logLevel, "warn");
   });
 });
