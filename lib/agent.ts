@@ -49,18 +49,29 @@ import {
 } from "./routes.ts";
 import { ensureSysctl, readSysctl } from "./sysfs.ts";
 
-/** The agent's settings, from the command line. */
+/** The agent's settings, from the command line (every path a flag, so several agents can share a machine). */
 export interface AgentOptions {
+  /** This node's name in Kubernetes. */
   nodeName: string;
+  /** A kubeconfig path; else in-cluster, else `$KUBECONFIG`. */
   kubeconfig?: string;
+  /** Where the conflist is written. */
   cniConfDir: string;
+  /** Where `portmap` is looked for. */
   cniBinDir: string;
+  /** The IPAM store, written into the conflist. */
   ipamDataDir: string;
+  /** Cluster pod CIDRs; egress leaving them is masqueraded. */
   clusterCidrs: Cidr[];
+  /** The agent's unix socket, written into the conflist. */
   apiSocket: string;
+  /** Bridge name written into the conflist. */
   bridge: string;
+  /** Pod MTU written into the conflist. */
   mtu?: number;
+  /** Periodic reconcile interval. */
   resyncSeconds: number;
+  /** Sync once and exit. */
   once: boolean;
   /** The conflist's declared cniVersion. */
   conflistVersion: (typeof CONFLIST_VERSIONS)[number];

@@ -501,13 +501,15 @@ export async function runNodeInformer(
   const maxMs = options.maxBackoffMs ?? 30_000;
   let resourceVersion: string | undefined;
   let failures = 0;
+  let lastExpiredAt = 0;
   while (!signal?.aborted) {
     try {
       if (resourceVersion === undefined) {
         const list = await listNodes(client, signal);
         handlers.onList(list.nodes);
         resourceVersion = list.resourceVersion;
-        failures = 0;
+        // failures is reset by the first watch event: a list that works
+        // while every watch fails must still back off.
       }
       const started = Date.now();
       let events = 0;
@@ -529,6 +531,10 @@ export async function runNodeInformer(
       if (err instanceof KubeApiError && err.expired && resourceVersion !== undefined) {
         handlers.onExpired?.(err);
         resourceVersion = undefined;
+        // A relist is due at once, unless 410s come back to back (a
+        // server that expires every fresh version must not be hammered).
+        if (Date.now() - lastExpiredAt < 1000) await sleep(backoffDelay(++failures, minMs, maxMs), signal);
+        lastExpiredAt = Date.now();
         continue;
       }
       failures++;

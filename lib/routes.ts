@@ -141,9 +141,13 @@ export function desiredRoutes(self: string, selfCidrs: Cidr[], nodes: KubeNode[]
   return withoutConflicts(candidates, table, problems);
 }
 
-/** Connected subnets: routes without a gateway that are not Pontoon's and not default. */
+/**
+ * Connected subnets: routes straight out of an interface (a device, no
+ * gateway; multipath routes name no device at the top) that are not
+ * Pontoon's and not default.
+ */
 function connectedSubnets(table: RouteTable): Cidr[] {
-  return table.foreign.filter((r) => !r.gateway && r.dev !== "lo").map((r) => r.dst);
+  return table.foreign.filter((r) => !r.gateway && r.dev !== undefined && r.dev !== "lo").map((r) => r.dst);
 }
 
 function withoutConflicts(candidates: PeerRoute[], table: RouteTable, problems: NodeProblem[]): DesiredRoutes {

@@ -14,7 +14,7 @@
  * @module
  */
 import { type ApiNode, KubeApiServer, testNode } from "./kubeapi.ts";
-import { freeSubnet } from "./runtimes.ts";
+import { type Cidr, overlaps, parseCidr } from "../lib/addr.ts";
 import { agentGet } from "../lib/agentclient.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -69,6 +69,30 @@ export async function eventually(
     }
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/**
+ * A random `10.x.y` (/24) for the underlay that no address or route of the
+ * test's namespace overlaps (other people's tests run on this machine too).
+ */
+async function freeUnderlayPrefix(): Promise<string> {
+  const routes = JSON.parse(await mustExec(["ip", "-4", "-json", "route", "show", "table", "all"])) as {
+    dst: string;
+  }[];
+  const addrs = JSON.parse(await mustExec(["ip", "-4", "-json", "addr", "show"])) as {
+    addr_info?: { local: string; prefixlen: number }[];
+  }[];
+  const used = [
+    ...routes.map((r) => r.dst.includes("/") ? r.dst : `${r.dst}/32`),
+    ...addrs.flatMap((l) => (l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`)),
+  ].map((text) => parseCidr(text)).filter((c): c is Cidr => c !== null && c.prefix >= 9); // 10/8 and wider: ours is more specific
+  for (let i = 0; i < 100; i++) {
+    const [a, b] = crypto.getRandomValues(new Uint8Array(2));
+    const prefix = `10.${100 + (a % 150)}.${b}`;
+    const mine = parseCidr(`${prefix}.0/24`)!;
+    if (!used.some((c) => overlaps(c, mine))) return prefix;
+  }
+  throw new Error("no free 10.x.y.0/24 for the underlay");
 }
 
 function tag(): string {
@@ -259,7 +283,7 @@ export class SimCluster {
     const dir = Deno.makeTempDirSync({ prefix: "pontoon-cluster-" });
     const underlay = `pul${t}`.slice(0, 15);
     const hostLink = `puh${t}`.slice(0, 15);
-    const { prefix } = await freeSubnet();
+    const prefix = await freeUnderlayPrefix();
     const rnd = crypto.getRandomValues(new Uint16Array(1))[0].toString(16);
     const prefix6 = `fd7a:${rnd}::`;
     let cluster: SimCluster | undefined;

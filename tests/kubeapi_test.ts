@@ -146,3 +146,33 @@ Deno.test("kubeapi: stop refuses connections, start serves again on the same por
     await api.close();
   }
 });
+
+Deno.test("kubeapi: the informer retries server errors with growing delays and recovers", async () => {
+  const api = await KubeApiServer.start({ bookmarkIntervalMs: 0 });
+  const client = clientFor(api);
+  const abort = new AbortController();
+  try {
+    api.setNode(testNode("a"));
+    api.failRequests(503, 3);
+    const delays: number[] = [];
+    const listed: string[][] = [];
+    const running = runNodeInformer(client, {
+      onList: (nodes) => listed.push(nodes.map((n) => n.metadata.name)),
+      onEvent: () => {},
+      onError: (err, retryInMs) => {
+        assert.match(err.message, /HTTP 503/);
+        delays.push(retryInMs);
+      },
+    }, { signal: abort.signal, minBackoffMs: 20, maxBackoffMs: 1000 });
+    await eventually("recovery", () => listed.length === 1);
+    assert.deepEqual(listed, [["a"]]);
+    assert.equal(delays.length, 3);
+    assert.ok(delays[0] < delays[1] && delays[1] < delays[2], `delays grow: ${delays}`);
+    assert.equal(api.count("list", 503), 3);
+    abort.abort();
+    await running;
+  } finally {
+    client.close();
+    await api.close();
+  }
+});

@@ -72,6 +72,8 @@ Deno.test({
     const others = (n: SimNode) => c.nodes.filter((o) => o !== n);
     try {
       await t.step("the conflist appears only after the pod CIDR is assigned; STATUS is 50 until synced", async () => {
+        // A strict reverse-path filter, as some distributions ship; the agent relaxes it to loose.
+        await mustExec(["ip", "netns", "exec", n1.netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
         for (const n of c.nodes) c.startAgent(n);
         for (const n of c.nodes) await n.agent!.waitForLog(/waiting for node node\d to be assigned a pod CIDR/);
         for (const n of c.nodes) {
@@ -96,6 +98,19 @@ Deno.test({
             ranges: [[{ subnet: n.podCidr4 }], [{ subnet: n.podCidr6 }]],
             dataDir: n.ipamDir,
           });
+        }
+      });
+
+      await t.step("the agent sets forwarding, bridge netfilter and a loose rp_filter in its node", async () => {
+        const sysctl = async (key: string) =>
+          (await mustExec(["ip", "netns", "exec", n1.netns, "sysctl", "-n", key])).trim();
+        assert.equal(await sysctl("net.ipv4.ip_forward"), "1");
+        assert.equal(await sysctl("net.ipv6.conf.all.forwarding"), "1");
+        assert.equal(await sysctl("net.ipv4.conf.all.rp_filter"), "2");
+        if (exists("/proc/sys/net/bridge/bridge-nf-call-iptables")) {
+          assert.equal(await sysctl("net.bridge.bridge-nf-call-iptables"), "1");
+        } else {
+          await n1.agent!.waitForLog(/br_netfilter is NOT loaded/);
         }
       });
 
@@ -215,6 +230,7 @@ Deno.test({
 
       await t.step("restarting agents keeps traffic flowing and no route is flushed", async () => {
         const monitors = [new RouteMonitor(n1.netns), new RouteMonitor(n2.netns)];
+        const mtimes = [n1, n2].map((n) => Deno.statSync(`${n.confDir}/${CONFLIST}`).mtime?.getTime());
         const pinging = exec([
           "ip",
           "netns",
@@ -243,6 +259,12 @@ Deno.test({
         assert.match(result.stdout, / 0% packet loss/);
         for (const m of monitors) assert.deepEqual((await m.stop()).filter((l) => l.startsWith("Deleted")), []);
         for (const n of [n1, n2]) assert.deepEqual(n.agent!.grep(/adding route|replacing route|removing route/), []);
+        for (const [i, n] of [n1, n2].entries()) {
+          assert.equal(Deno.statSync(`${n.confDir}/${CONFLIST}`).mtime?.getTime(), mtimes[i], "conflist not rewritten");
+          const counters = c.readiness(n).body.counters as Record<string, number>;
+          assert.equal(counters.conflistWrites, 0);
+          assert.equal(counters.routesAdded + counters.routesReplaced + counters.routesRemoved, 0);
+        }
       });
 
       await t.step("bad Nodes are logged and reported; none crashes an agent or touches existing routes", async () => {

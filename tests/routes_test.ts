@@ -104,6 +104,13 @@ Deno.test("routes: an InternalIP not on a local subnet is reported, not given a 
   assert.match(want.problems[0].problem, /172\.31\.0\.9 is not on a local subnet/);
 });
 
+Deno.test("routes: a multipath route is not a connected subnet", () => {
+  const t = table([{ dst: "172.31.0.0/16", protocol: "static", nexthops: [] } as unknown as Record<string, string>]);
+  const want = desiredRoutes("n1", SELF, [node("far", ["10.1.9.0/24"], ["172.31.0.9"])], t);
+  assert.deepEqual(want.routes, []);
+  assert.match(want.problems[0].problem, /not on a local subnet/);
+});
+
 Deno.test("routes: a node without a pod CIDR yet is neither routed nor a problem", () => {
   const want = desiredRoutes("n1", SELF, [node("new", undefined, ["192.168.50.7"])], table());
   assert.deepEqual(want, { routes: [], problems: [] });
