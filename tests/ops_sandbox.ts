@@ -30,8 +30,6 @@ export interface Sandbox {
   podNetns: string[];
 }
 
-let counter = 0;
-
 /** Options: leave the node without a pod CIDR at first. */
 export interface SandboxOptions {
   unassigned?: boolean;
@@ -53,12 +51,22 @@ async function must(cmd: string, args: string[]): Promise<string> {
   return r.stdout;
 }
 
+/** A `198.18.x` (/24) that no route of this namespace covers (other tests run on this machine too). */
+async function freeUnderlayPrefix(): Promise<string> {
+  const routes = JSON.parse(await must("ip", ["-4", "-json", "route", "show", "table", "all"])) as { dst: string }[];
+  const used = routes.map((r) => r.dst);
+  for (let i = 0; i < 100; i++) {
+    const third = crypto.getRandomValues(new Uint8Array(1))[0] % 254 + 1;
+    const prefix = `198.18.${third}`;
+    if (!used.some((d) => d === `${prefix}.0/24` || d.startsWith(`${prefix}.`) || d === "198.18.0.0/15")) return prefix;
+  }
+  throw new Error("no free 198.18.x.0/24 for the sandbox underlay");
+}
+
 /** Self node `n1` (10.88.1.0/24), `n2` routable, `n3` with an InternalIP off every local subnet. */
 export async function startSandbox(options: SandboxOptions = {}): Promise<{ sb: Sandbox; agent: Deno.ChildProcess }> {
-  counter++;
   const tag = uniq("");
-  const third = (Deno.pid * 7 + counter * 31 + Date.now()) % 250 + 1;
-  const prefix = `198.18.${third}`;
+  const prefix = await freeUnderlayPrefix();
   const dir = Deno.makeTempDirSync({ prefix: "pontoon-ops-" });
   const sb: Sandbox = {
     dir,
