@@ -14,7 +14,13 @@
  */
 import { parseArgs } from "node:util";
 import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
-import { type AgentCounters, type AgentState, type AgentStateSource, zeroCounters } from "./agentstate.ts";
+import {
+  type AgentCounters,
+  type AgentNode,
+  type AgentState,
+  type AgentStateSource,
+  zeroCounters,
+} from "./agentstate.ts";
 import { startApiServer, type TcpOptions } from "./api.ts";
 import { agentApiSource } from "./agentapi.ts";
 import { AgentMetrics } from "./metrics.ts";
@@ -370,11 +376,6 @@ export class Agent implements AgentStateSource {
     return this.#running;
   }
 
-  /** The Nodes as last seen (the REST API's /v1/nodes). */
-  nodeList(): KubeNode[] {
-    return [...this.#nodes.values()];
-  }
-
   /** True once the pod CIDR is known, the conflist written and routes reconciled. */
   get synced(): boolean {
     return this.#conflistWritten && this.#routesReconciled;
@@ -498,6 +499,7 @@ export class Agent implements AgentStateSource {
       routes: this.#routes.map((r) => ({ node: r.node, dst: formatCidr(r.dst), via: formatIp(r.gateway) })),
       problems: this.#problems.map((p) => ({ ...p })),
       nodesKnown: this.#nodes.size,
+      nodes: [...this.#nodes.values()].map(describeNode).sort((a, b) => a.name.localeCompare(b.name)),
       apiError: this.#apiError ?? null,
       lastSync: this.#lastSync ?? null,
       startedAt: this.#startedAt,
@@ -509,6 +511,16 @@ export class Agent implements AgentStateSource {
   readiness(): AgentState {
     return this.state();
   }
+}
+
+function describeNode(node: KubeNode): AgentNode {
+  const spec = node.spec ?? {};
+  const cidrs = spec.podCIDRs?.length ? spec.podCIDRs : spec.podCIDR ? [spec.podCIDR] : [];
+  return {
+    name: node.metadata.name,
+    podCIDRs: cidrs.map(String),
+    internalIPs: (node.status?.addresses ?? []).filter((a) => a?.type === "InternalIP").map((a) => String(a.address)),
+  };
 }
 
 // ------------------------------------------------------------ main

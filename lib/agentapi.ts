@@ -5,16 +5,14 @@
  *
  * @module
  */
-import { type Cidr, formatCidr, formatIp, parseCidr } from "./addr.ts";
+import { type Cidr, formatCidr, parseCidr } from "./addr.ts";
 import type { IpamView } from "./allocations.ts";
 import type { AgentState } from "./agentstate.ts";
 import type { ApiSource } from "./api.ts";
 import type { BuiltinIpam } from "./config.ts";
 import { loadNetConf } from "./config.ts";
 import { buildConflist, CONFLIST_FILE } from "./conflist.ts";
-import type { KubeNode } from "./kube.ts";
 import type { AgentMetrics } from "./metrics.ts";
-import { internalIpsOf, podCidrsOf } from "./routes.ts";
 import { defaultRouteMtu } from "./sysfs.ts";
 import { VERSION } from "./version.ts";
 import type { AgentOptions } from "./agent.ts";
@@ -22,7 +20,6 @@ import type { AgentOptions } from "./agent.ts";
 /** The parts of the agent the API reads. */
 export interface AgentView {
   state(): AgentState;
-  nodeList(): KubeNode[];
   readonly metrics: AgentMetrics;
 }
 
@@ -58,16 +55,12 @@ export function agentApiSource(agent: AgentView, options: AgentOptions): ApiSour
       };
     },
     nodes: () => {
-      const problems = agent.state().problems;
-      return agent.nodeList()
-        .map((node) => ({
-          name: node.metadata.name,
-          self: node.metadata.name === options.nodeName,
-          podCIDRs: podCidrsOf(node).cidrs.map(formatCidr),
-          internalIPs: internalIpsOf(node).map(formatIp),
-          problems: problems.filter((p) => p.node === node.metadata.name).map((p) => p.problem),
-        }))
-        .sort((a, b) => a.name.localeCompare(b.name));
+      const { nodes, problems } = agent.state();
+      return nodes.map((node) => ({
+        ...node,
+        self: node.name === options.nodeName,
+        problems: problems.filter((p) => p.node === node.name).map((p) => p.problem),
+      }));
     },
     routes: () => agent.state().routes,
     config: () => ({

@@ -16,6 +16,15 @@ export interface AgentRoute {
   via: string;
 }
 
+/** A Node as the agent last saw it in the API. */
+export interface AgentNode {
+  name: string;
+  /** `spec.podCIDRs` as given (not validated; see `problems`). */
+  podCIDRs: string[];
+  /** InternalIP addresses as given. */
+  internalIPs: string[];
+}
+
 /** Something wrong with a Node that keeps it (or one of its CIDRs) from a route. */
 export interface AgentProblem {
   node: string;
@@ -69,6 +78,8 @@ export type AgentState = {
   problems: AgentProblem[];
   /** How many Nodes the agent knows (including itself). */
   nodesKnown: number;
+  /** The Nodes the agent knows, sorted by name. */
+  nodes: AgentNode[];
   /** The last Kubernetes API failure, cleared once it answers again. */
   apiError: string | null;
   /** ISO time of the last complete reconcile, else null. */

@@ -247,6 +247,9 @@ export function describeFetchError(err: unknown, server: string): string {
   return `request to ${server} failed: ${text}`;
 }
 
+/** How long a request may wait for the response headers. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 /** A client for one API server; holds the TLS client, so `close()` it. */
 export class KubeClient {
   /** The target this client talks to. */
@@ -284,15 +287,31 @@ export class KubeClient {
     return headers;
   }
 
-  /** Sends `GET path`; throws KubeApiError on a non-2xx answer or a network failure. */
-  async get(path: string, signal?: AbortSignal): Promise<Response> {
+  /**
+   * Sends `GET path`; throws KubeApiError on a non-2xx answer, a network
+   * failure, or when no response headers came within `headersTimeoutMs`
+   * (a silently dropped connection would otherwise hang for minutes). The
+   * body is not under that timeout, so a watch can stream for long.
+   */
+  async get(path: string, signal?: AbortSignal, headersTimeoutMs = REQUEST_TIMEOUT_MS): Promise<Response> {
     const url = this.target.server + path;
+    const late = new AbortController();
+    const timer = setTimeout(() => late.abort(), headersTimeoutMs);
     let response: Response;
     try {
-      response = await fetch(url, { headers: this.#headers(), client: this.#http, signal });
+      response = await fetch(url, {
+        headers: this.#headers(),
+        client: this.#http,
+        signal: signal ? AbortSignal.any([signal, late.signal]) : late.signal,
+      });
     } catch (err) {
       if (signal?.aborted) throw err;
-      throw new KubeApiError(0, describeFetchError(err, this.target.server), undefined, { cause: err });
+      const why = late.signal.aborted
+        ? `${this.target.server} did not answer within ${headersTimeoutMs / 1000}s (unreachable?)`
+        : describeFetchError(err, this.target.server);
+      throw new KubeApiError(0, why, undefined, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
     if (!response.ok) throw await apiError(response, path);
     return response;

@@ -176,3 +176,24 @@ Deno.test("kubeapi: the informer retries server errors with growing delays and r
     await api.close();
   }
 });
+
+Deno.test("client: a server that accepts but never answers times out with a clear message", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })().catch(() => {});
+  const port = (listener.addr as Deno.NetAddr).port;
+  const client = new KubeClient({ server: `https://127.0.0.1:${port}`, token: "t", source: "test" });
+  try {
+    await assert.rejects(
+      client.get("/api/v1/nodes", undefined, 300),
+      (e: KubeApiError) => e.status === 0 && /did not answer within 0\.3s/.test(e.message),
+    );
+  } finally {
+    client.close();
+    listener.close();
+    for (const c of held) c.close();
+    await accepting;
+  }
+});

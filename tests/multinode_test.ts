@@ -123,6 +123,11 @@ Deno.test({
         };
         assert.equal(state.routes.length, 4);
         assert.equal(state.nodesKnown, 3);
+        assert.deepEqual((state as unknown as { nodes: unknown[] }).nodes[1], {
+          name: "node2",
+          podCIDRs: [n2.podCidr4, n2.podCidr6],
+          internalIPs: [n2.ip4, n2.ip6],
+        });
         assert.ok(state.counters.routesAdded >= 4 && state.counters.lists >= 1, JSON.stringify(state.counters));
       });
 
@@ -267,6 +272,15 @@ Deno.test({
         }
       });
 
+      await t.step("what changed while an agent was down is reconciled when it starts again", async () => {
+        assert.equal(await n1.agent!.stop(), 0);
+        await mustExec(["ip", "-n", n1.netns, "route", "del", n3.podCidr4]);
+        await mustExec(["ip", "-n", n1.netns, "route", "add", "10.244.99.0/24", "via", n2.ip4, "proto", "158"]);
+        c.startAgent(n1);
+        await routesConverge(c, others, [n1]);
+        await n1.agent!.waitForLog(/removing route 10\.244\.99\.0\/24: no node owns it/);
+      });
+
       await t.step("bad Nodes are logged and reported; none crashes an agent or touches existing routes", async () => {
         const before = await Promise.all(c.nodes.map((n) => c.routes(n)));
         c.api.setNode(testNode("bad-cidr", { podCIDRs: ["10.244.300.0/24"], internalIPs: [`${c.prefix4}.50`] }));
@@ -333,12 +347,15 @@ Deno.test({
       const closed = await KubeApiServer.start({ dir: `${c.dir}/closed`, hostname: `${c.prefix4}.254` });
       Deno.writeTextFileSync(unreachable, closed.kubeconfig());
       await closed.close();
-      for (
-        const [kubeconfig, pattern] of [[wrongCa, /TLS verification of .* failed \(is the CA right/], [
-          unreachable,
-          /refused the connection/,
-        ]] as const
-      ) {
+      // An address on the underlay where no host answers ARP.
+      const noHost = `${c.dir}/no-host.kubeconfig`;
+      Deno.writeTextFileSync(noHost, c.api.kubeconfig({ host: `${c.prefix4}.77` }));
+      const cases = [
+        [wrongCa, /TLS verification of .* failed \(is the CA right/],
+        [unreachable, /refused the connection/],
+        [noHost, /is unreachable|did not answer/],
+      ] as const;
+      for (const [kubeconfig, pattern] of cases) {
         const agent = new AgentProcess(n1.netns, [...c.agentArgs(n1), `--kubeconfig=${kubeconfig}`]);
         agents.push(agent);
         await agent.waitForLog(pattern);
