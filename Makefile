@@ -13,11 +13,11 @@ DENO := $(CURDIR)/node_modules/@deno/linux-x64-glibc/deno
 ifeq ($(shell uname -m),aarch64)
 DENO := $(CURDIR)/node_modules/@deno/linux-arm64-glibc/deno
 endif
-SOURCES := main.ts $(wildcard lib/*.ts) deno.json
+SOURCES := main.ts $(wildcard lib/*.ts) $(wildcard lib/*.json) deno.json
 # The plugin needs no network permission: it talks to the agent over a unix socket.
 PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow-ffi
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
-	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod openssl tcpdump
+	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod openssl tcpdump curl
 
 .PHONY: all deps build compile test test-unit demo demo-cluster bench soak fmt lint check clean
 
@@ -45,13 +45,19 @@ dist/pontoon: $(SOURCES) scripts/launcher.sh node_modules/.installed
 	@echo "built dist/pontoon"
 
 # A self-contained binary. One binary serves every mode, so it carries the
-# agent's network permission (the Kubernetes API) on top of the plugin's.
+# agent's network permission (the Kubernetes API, the REST API's TCP
+# listener) and --allow-sys (the hostname) on top of the plugin's.
+# Needs only Deno (npm), not the test packages: the Dockerfile and the
+# release workflow run it, with COMPILE_TARGET for cross builds
+# (x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu).
 # Needs the Deno runtime download (denort), which these machines cannot
 # reach; see README "Building".
-compile: deps
-	@mkdir -p dist
-	$(DENO) compile --no-prompt $(PLUGIN_PERMISSIONS) --allow-net \
-		--output dist/pontoon-bin main.ts \
+COMPILE_TARGET ?=
+COMPILE_OUTPUT ?= dist/pontoon-bin
+compile: node_modules/.installed
+	@mkdir -p $(dir $(COMPILE_OUTPUT))
+	$(DENO) compile --no-prompt $(PLUGIN_PERMISSIONS) --allow-net --allow-sys \
+		$(if $(COMPILE_TARGET),--target $(COMPILE_TARGET)) --output $(COMPILE_OUTPUT) main.ts \
 	|| { echo; echo "make compile: deno compile could not fetch its runtime (denort) from dl.deno.land."; \
 	     echo "Run it on a machine that reaches dl.deno.land, or set DENORT_BIN to a denort binary."; exit 1; }
 

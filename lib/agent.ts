@@ -21,7 +21,9 @@ import {
   type AgentStateSource,
   zeroCounters,
 } from "./agentstate.ts";
-import { startApiServer } from "./api.ts";
+import { startApiServer, type TcpOptions } from "./api.ts";
+import { agentApiSource } from "./agentapi.ts";
+import { AgentMetrics } from "./metrics.ts";
 import {
   buildConflist,
   CONFLIST_FILE,
@@ -79,6 +81,9 @@ export interface AgentOptions {
   once: boolean;
   /** The conflist's declared cniVersion. */
   conflistVersion: (typeof CONFLIST_VERSIONS)[number];
+  /** Also serve the REST API on TCP (needs `apiTokenFile`). */
+  apiListen?: { hostname: string; port: number };
+  apiTokenFile?: string;
 }
 
 /** A command line that cannot be used; the message says why. */
@@ -100,6 +105,8 @@ export const AGENT_USAGE = `Usage: pontoon agent [flags]
   --ipam-data-dir DIR     IPAM store, written into the conflist (default /var/lib/cni/networks)
   --cluster-cidr CIDR     cluster pod CIDR, repeatable (one per family); egress leaving it is masqueraded
   --api-socket PATH       the agent's unix socket (default /run/pontoon/api.sock)
+  --api-listen HOST:PORT  also serve the API on TCP (requires --api-token-file; off by default)
+  --api-token-file PATH   bearer token for the TCP listener (first line, 16+ characters, mode 0600)
   --bridge NAME           bridge name written into the conflist (default pontoon0)
   --mtu N                 pod MTU written into the conflist (default: the default route's MTU)
   --conflist-version V    cniVersion of the conflist: 1.1.0 (default) or 1.0.0 for runtimes whose libcni
@@ -128,6 +135,8 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
         "ipam-data-dir": { type: "string", default: "/var/lib/cni/networks" },
         "cluster-cidr": { type: "string", multiple: true, default: [] },
         "api-socket": { type: "string", default: "/run/pontoon/api.sock" },
+        "api-listen": { type: "string" },
+        "api-token-file": { type: "string" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
         "conflist-version": { type: "string", default: "1.1.0" },
@@ -163,6 +172,13 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
       throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
     }
   }
+  const apiListen = values["api-listen"] === undefined ? undefined : parseListen(values["api-listen"]);
+  if (apiListen && values["api-token-file"] === undefined) {
+    throw new UsageError("--api-listen: needs --api-token-file (the TCP API is never served without a token)");
+  }
+  if (values["api-token-file"] !== undefined && !values["api-token-file"].startsWith("/")) {
+    throw new UsageError(`--api-token-file: ${values["api-token-file"]} must be an absolute path`);
+  }
   const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
   if (!conflistVersion) {
     throw new UsageError(
@@ -186,9 +202,19 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     resyncSeconds: resync,
     once: values.once,
     conflistVersion,
+    apiListen,
+    apiTokenFile: values["api-token-file"],
     logLevel: values["log-level"],
     help: values.help,
   };
+}
+
+/** `HOST:PORT` or `[V6]:PORT`. */
+function parseListen(text: string): { hostname: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw new UsageError(`--api-listen: ${JSON.stringify(text)} is not HOST:PORT`);
+  return { hostname: match[1] ?? match[2], port };
 }
 
 function hostnameOrEmpty(): string {
@@ -275,6 +301,8 @@ export class Agent implements AgentStateSource {
   readonly #counters: AgentCounters = zeroCounters();
   readonly #startedAt = new Date().toISOString();
   readonly #apiServer: string;
+  /** Reconcile durations and plugin reports, for the REST API's /metrics. */
+  readonly metrics = new AgentMetrics();
 
   /** Makes an agent with `options`; nothing happens until events arrive. */
   constructor(options: AgentOptions, apiServer = "") {
@@ -334,12 +362,14 @@ export class Agent implements AgentStateSource {
     this.#running = (async () => {
       do {
         this.#again = false;
+        const started = performance.now();
         try {
           await this.reconcile();
         } catch (err) {
           this.#counters.reconcileErrors++;
           log("error", `reconcile failed: ${(err as Error).message}`);
         }
+        this.metrics.recordReconcile((performance.now() - started) / 1000);
       } while (this.#again);
       this.#running = null;
     })();
@@ -525,7 +555,10 @@ async function runForever(agent: Agent, client: KubeClient, options: AgentOption
   };
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
-  const server = await startApiServer(options.apiSocket, agent);
+  const tcp: TcpOptions | undefined = options.apiListen && options.apiTokenFile
+    ? { ...options.apiListen, tokenFile: options.apiTokenFile }
+    : undefined;
+  const server = await startApiServer(options.apiSocket, agentApiSource(agent, options), { tcp });
   const resync = setInterval(() => void agent.schedule(), options.resyncSeconds * 1000);
   try {
     await runNodeInformer(client, agent.handlers(), { signal: stop.signal });

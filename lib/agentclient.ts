@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { LibcError, unixExchange } from "./libc.ts";
+import { LibcError, unixDatagramSend, unixExchange } from "./libc.ts";
 
 /** An agent's answer: HTTP status and body text. */
 export interface AgentReply {
@@ -42,4 +42,29 @@ export function agentGet(socket: string, path: string, timeoutMs = 1000): AgentR
   if (!match) throw new Error("agent sent no HTTP response");
   const sep = text.indexOf("\r\n\r\n");
   return { status: Number(match[1]), body: sep < 0 ? "" : text.slice(sep + 4) };
+}
+
+/** The agent's datagram socket for plugin reports, beside its API socket. */
+export function reportSocketPath(apiSocket: string): string {
+  return `${apiSocket}.report`;
+}
+
+/** What the plugin tells the agent about one ADD, DEL or CHECK. */
+export interface OutcomeReport {
+  verb: string;
+  /** 0 on success, else the CNI error code. */
+  code: number;
+  /** Wall time of the verb in milliseconds. */
+  ms: number;
+}
+
+/**
+ * Tells the agent how one verb went: one non-blocking datagram, dropped
+ * when the agent is down or busy, so the plugin never waits on it.
+ */
+export function reportToAgent(apiSocket: string, report: OutcomeReport): void {
+  const body = JSON.stringify({ verb: report.verb, code: report.code, ms: Math.round(report.ms * 1000) / 1000 });
+  try {
+    unixDatagramSend(reportSocketPath(apiSocket), new TextEncoder().encode(body));
+  } catch { /* reporting must never affect the verb */ }
 }

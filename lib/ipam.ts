@@ -35,6 +35,8 @@ export interface AttachmentRecord {
   ips: string[];
   podNamespace?: string;
   podName?: string;
+  /** The netns path of the ADD (GC by the agent: released only when it is gone). */
+  netns?: string;
 }
 
 /** One address handed to an attachment, with the range it came from. */
@@ -172,6 +174,18 @@ export class IpamStore {
     return out;
   }
 
+  /** When the attachment's reservation was last written (newest of its index and address files), or null. */
+  reservedAt(att: Attachment, ips: string[]): Date | null {
+    let newest: Date | null = null;
+    for (const path of [this.#indexPath(att), ...ips.map((ip) => `${this.dir}/${ip}`)]) {
+      try {
+        const mtime = Deno.statSync(path).mtime;
+        if (mtime && (!newest || mtime > newest)) newest = mtime;
+      } catch { /* absent */ }
+    }
+    return newest;
+  }
+
   /** Removes temporary files left by a process killed mid-write. */
   removeStaleTemporaries(): void {
     for (const dir of [this.dir, `${this.dir}/${INDEX_DIR}`]) {
@@ -287,6 +301,7 @@ export interface ReserveRequest {
   network: string;
   podNamespace?: string;
   podName?: string;
+  netns?: string;
 }
 
 /**
@@ -326,7 +341,13 @@ export function reserveAddresses(store: IpamStore, rangeSets: RangeSet[], req: R
       chosen.push(free);
     }
     const ips = chosen.map((a) => formatIp(a.ip));
-    store.writeIndex({ ...req.attachment, ips, podNamespace: req.podNamespace, podName: req.podName });
+    store.writeIndex({
+      ...req.attachment,
+      ips,
+      podNamespace: req.podNamespace,
+      podName: req.podName,
+      netns: req.netns,
+    });
     for (const ip of ips) store.writeAddress(ip, req.attachment);
     chosen.forEach((a) => {
       const set = rangeSets.findIndex((s) => s.includes(a.range));

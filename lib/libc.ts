@@ -23,6 +23,9 @@ const SYMBOLS = {
   ioctl: { parameters: ["i32", "u64"], result: "i32" },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
@@ -124,6 +127,19 @@ const SOCK_STREAM_CLOEXEC = 1 | 0o2000000;
 const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20;
 const SO_SNDTIMEO = 21;
+const SOCK_DGRAM_NONBLOCK_CLOEXEC = 2 | 0o4000 | 0o2000000;
+const MSG_DONTWAIT = 0x40;
+const EAGAIN = 11;
+
+/** A `struct sockaddr_un` for `path`; throws LibcError when the path is too long. */
+function unixAddress(path: string, call: string): Uint8Array<ArrayBuffer> {
+  const pathBytes = new TextEncoder().encode(path);
+  if (pathBytes.length > 107) throw new LibcError(call, path, 36 /* ENAMETOOLONG */);
+  const addr = new Uint8Array(110);
+  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  addr.set(pathBytes, 2);
+  return addr;
+}
 
 /**
  * Sends `request` over a unix stream socket and reads until the peer
@@ -139,11 +155,7 @@ export function unixExchange(path: string, request: Uint8Array<ArrayBuffer>, tim
     const tv = new Uint8Array(timeval.buffer);
     c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16);
     c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16);
-    const pathBytes = new TextEncoder().encode(path);
-    if (pathBytes.length > 107) throw new LibcError("connect", path, 36 /* ENAMETOOLONG */);
-    const addr = new Uint8Array(110);
-    new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
-    addr.set(pathBytes, 2);
+    const addr = unixAddress(path, "connect");
     if (c.connect(fd, addr, addr.length) !== 0) throw new LibcError("connect", path, errno());
     for (let sent = 0; sent < request.length;) {
       const n = Number(c.write(fd, request.subarray(sent), BigInt(request.length - sent)));
@@ -169,5 +181,61 @@ export function unixExchange(path: string, request: Uint8Array<ArrayBuffer>, tim
     return out;
   } finally {
     c.close(fd);
+  }
+}
+
+/**
+ * Sends one datagram to the unix datagram socket `path` without ever
+ * blocking: a missing socket, a full queue or any other failure drops the
+ * message. Returns true when the kernel accepted it.
+ */
+export function unixDatagramSend(path: string, message: Uint8Array<ArrayBuffer>): boolean {
+  const c = libc();
+  let addr: Uint8Array<ArrayBuffer>;
+  try {
+    addr = unixAddress(path, "sendto");
+  } catch {
+    return false;
+  }
+  const fd = c.socket(AF_UNIX, SOCK_DGRAM_NONBLOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  try {
+    return Number(c.sendto(fd, message, BigInt(message.length), MSG_DONTWAIT, addr, addr.length)) === message.length;
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** A bound, non-blocking unix datagram socket (the agent's side of plugin reports). */
+export class UnixDatagramReceiver {
+  readonly #fd: number;
+  readonly #buf = new Uint8Array(4096);
+
+  /** Binds a new socket at `path` (which must not exist). */
+  constructor(path: string) {
+    const c = libc();
+    const addr = unixAddress(path, "bind");
+    const fd = c.socket(AF_UNIX, SOCK_DGRAM_NONBLOCK_CLOEXEC, 0);
+    if (fd < 0) throw new LibcError("socket", path, errno());
+    if (c.bind(fd, addr, addr.length) !== 0) {
+      const code = errno();
+      c.close(fd);
+      throw new LibcError("bind", path, code);
+    }
+    this.#fd = fd;
+  }
+
+  /** The next queued datagram, or null when none is waiting. */
+  receive(): Uint8Array | null {
+    const n = Number(libc().recv(this.#fd, this.#buf, BigInt(this.#buf.length), MSG_DONTWAIT));
+    if (n >= 0) return this.#buf.slice(0, n);
+    const code = errno();
+    if (code === EAGAIN) return null;
+    throw new LibcError("recv", "datagram socket", code);
+  }
+
+  /** Closes the socket (the path stays until removed). */
+  close(): void {
+    libc().close(this.#fd);
   }
 }

@@ -38,6 +38,11 @@ export function configureLog(options: LogOptions): void {
   current = { ...current, ...options };
 }
 
+/** The lowest level currently written. */
+export function logLevel(): LogLevel {
+  return current.level;
+}
+
 /** Adds fields (such as the container id) to every later log line. */
 export function setLogContext(extra: Record<string, unknown>): void {
   Object.assign(fields, extra);

@@ -22,7 +22,7 @@ import {
 import { type CniEnv, compareVersions, readCniEnv, SUPPORTED_VERSIONS } from "./cni.ts";
 import { BUILTIN_IPAM, type BuiltinIpam, decodeConfig, isMac, loadNetConf, type NetConf } from "./config.ts";
 import { findPlugin, runDelegate } from "./delegate.ts";
-import { agentGet } from "./agentclient.ts";
+import { agentGet, reportToAgent } from "./agentclient.ts";
 import { asCniError, CniError, ErrorCode } from "./errors.ts";
 import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.ts";
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
@@ -224,6 +224,7 @@ async function reserveIpam(env: CniEnv, conf: NetConf): Promise<IpamOutcome> {
     network: conf.name,
     podNamespace: env.args.podNamespace,
     podName: env.args.podName,
+    netns: env.netns,
   });
   const reused = before.length > 0 && allocations.every((a) => before.includes(formatIp(a.ip)));
   return {
@@ -456,6 +457,8 @@ function errorDocument(err: CniError, version: string): string {
  */
 export async function runPlugin(envVars: Record<string, string | undefined>, stdin: Uint8Array): Promise<PluginOutput> {
   let version = "1.1.0";
+  let report: { socket: string; verb: string; started: number } | undefined;
+  let code = 0;
   try {
     const env = readCniEnv(envVars);
     if (env.command === "VERSION") return { stdout: cmdVersion(stdin), code: 0 };
@@ -470,6 +473,9 @@ export async function runPlugin(envVars: Record<string, string | undefined>, std
       ifname: env.ifname || undefined,
     });
     const started = performance.now();
+    if (conf.agentSocket && ["ADD", "DEL", "CHECK"].includes(env.command)) {
+      report = { socket: conf.agentSocket, verb: env.command, started };
+    }
     const inv = { env, conf };
     let stdout = "";
     switch (env.command) {
@@ -493,7 +499,10 @@ export async function runPlugin(envVars: Record<string, string | undefined>, std
     return { stdout, code: 0 };
   } catch (thrown) {
     const err = asCniError(thrown);
+    code = err.code;
     log(err.code === ErrorCode.SystemFailure ? "error" : "warn", err.message);
     return { stdout: errorDocument(err, version), code: 1 };
+  } finally {
+    if (report) reportToAgent(report.socket, { verb: report.verb, code, ms: performance.now() - report.started });
   }
 }

@@ -1,6 +1,6 @@
 /** The agent's unix socket: root-only, one agent per socket, stale sockets replaced, readiness codes. */
 import assert from "node:assert/strict";
-import { SocketInUseError, startApiServer } from "../lib/api.ts";
+import { readinessOnlySource, SocketInUseError, startApiServer } from "../lib/api.ts";
 
 /**
  * `GET path` over the unix socket, asynchronously (the plugin's agentGet
@@ -22,12 +22,12 @@ Deno.test("agent socket: mode 0600, /readyz 503 then 200, a second server on it 
   const dir = Deno.makeTempDirSync({ prefix: "pontoon-sock-" });
   const path = `${dir}/run/api.sock`;
   let ready = false;
-  const source = { readiness: () => ({ ready, reason: ready ? "synced" : "waiting for a pod CIDR" }) };
+  const source = readinessOnlySource(() => ({ ready, reason: ready ? "synced" : "waiting for a pod CIDR" }));
   try {
     const server = await startApiServer(path, source);
     try {
       assert.equal(Deno.statSync(path).mode! & 0o777, 0o600);
-      assert.deepEqual([...Deno.readDirSync(`${dir}/run`)].map((e) => e.name), ["api.sock"]);
+      assert.deepEqual([...Deno.readDirSync(`${dir}/run`)].map((e) => e.name).sort(), ["api.sock", "api.sock.report"]);
       const before = await agentGet(path, "/readyz");
       assert.equal(before.status, 503);
       assert.match(before.body, /waiting for a pod CIDR/);
