@@ -17,6 +17,7 @@ import {
   type Ip,
   lastAddress,
   networkAddress,
+  overlaps,
   parseCidr,
   parseIp,
   sameIp,
@@ -115,6 +116,15 @@ function invalidConfig(what: string): never {
   throw new CniError(ErrorCode.InvalidConfig, what);
 }
 
+/** A bad value as one short line: the error names it without echoing megabytes of input. */
+function shown(v: unknown): string {
+  try {
+    return printable(JSON.stringify(v) ?? String(v));
+  } catch {
+    return typeof v; // too deeply nested to render
+  }
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -122,14 +132,14 @@ function isObject(v: unknown): v is Record<string, unknown> {
 function bool(o: Record<string, unknown>, key: string, fallback: boolean): boolean {
   const v = o[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== "boolean") invalid(key, `must be true or false, not ${JSON.stringify(v)}`);
+  if (typeof v !== "boolean") invalid(key, `must be true or false, not ${shown(v)}`);
   return v;
 }
 
 function optString(o: Record<string, unknown>, key: string, field = key): string | undefined {
   const v = o[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== "string") invalid(field, `must be a string, not ${JSON.stringify(v)}`);
+  if (typeof v !== "string") invalid(field, `must be a string, not ${shown(v)}`);
   return v;
 }
 
@@ -137,7 +147,7 @@ function optInt(o: Record<string, unknown>, key: string, min: number, max: numbe
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    invalid(key, `${JSON.stringify(v)} is outside ${min}..${max}`);
+    invalid(key, `${shown(v)} is outside ${min}..${max}`);
   }
   return v;
 }
@@ -185,6 +195,8 @@ export function checkVersion(raw: Record<string, unknown>): string {
   return v;
 }
 
+const IPV4_MAPPED = parseCidr("::ffff:0:0/96")!;
+
 function parseRange(raw: unknown, field: string): IpRange {
   if (!isObject(raw)) invalid(field, "must be an object with a subnet");
   const subnetText = optString(raw, "subnet", `${field}.subnet`);
@@ -194,6 +206,9 @@ function parseRange(raw: unknown, field: string): IpRange {
   const network = canonicalNetwork(subnet);
   if (network.value !== subnet.value) {
     invalid(`${field}.subnet`, `${subnetText} has host bits set; did you mean ${formatCidr(network)}?`);
+  }
+  if (overlaps(subnet, IPV4_MAPPED)) {
+    invalid(`${field}.subnet`, `${subnetText} holds IPv4-mapped IPv6 addresses (::ffff:0:0/96), unusable on a link`);
   }
   const bits = familyBits(subnet.family);
   if (subnet.prefix > bits - 2) {
@@ -408,7 +423,8 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
   };
 }
 
-/** True for a unicast `xx:xx:xx:xx:xx:xx` MAC. */
+/** True for a unicast `xx:xx:xx:xx:xx:xx` MAC other than the all-zero one (the kernel refuses it). */
 export function isMac(text: string): boolean {
-  return /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(text) && (parseInt(text.slice(0, 2), 16) & 1) === 0;
+  return /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(text) && (parseInt(text.slice(0, 2), 16) & 1) === 0 &&
+    !/^(00:){5}00$/.test(text);
 }

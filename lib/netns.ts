@@ -12,6 +12,8 @@
 import { errno, libc, LibcError, O_RDONLY, openFd, readLink } from "./libc.ts";
 
 const CLONE_NEWNET = 0x40000000;
+/** Opening a FIFO (or a tty) to inspect it must neither block nor adopt it. */
+const O_NONBLOCK_NOCTTY = 0o4000 | 0o400;
 const NS_GET_NSTYPE = 0xb703n;
 const OWN_NETNS = "/proc/thread-self/ns/net";
 
@@ -22,7 +24,7 @@ const OWN_NETNS = "/proc/thread-self/ns/net";
 export function netnsProblem(path: string): string | null {
   let fd: number;
   try {
-    fd = openFd(path, O_RDONLY);
+    fd = openFd(path, O_RDONLY | O_NONBLOCK_NOCTTY);
   } catch (err) {
     const code = (err as LibcError).errno;
     return code === 2 ? "does not exist" : `cannot be opened (errno ${code})`;

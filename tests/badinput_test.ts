@@ -4,13 +4,26 @@
  * as it was (links, addresses, reservations, nft tables).
  */
 import assert from "node:assert/strict";
-import { addNetns, assertCniError, assertOk, cni, type CniCall, delNetns, snapshot, testNet, uniq } from "./harness.ts";
+import {
+  addNetns,
+  assertCniError,
+  assertOk,
+  cni,
+  type CniCall,
+  delNetns,
+  must,
+  snapshot,
+  testNet,
+  uniq,
+} from "./harness.ts";
 
 interface BadCase {
   name: string;
   code: number;
   pattern: RegExp;
-  call: (base: { conf: Record<string, unknown>; netns: string; id: string; subnet: string }) => Partial<CniCall>;
+  call: (
+    base: { conf: Record<string, unknown>; netns: string; id: string; subnet: string; fifo: string },
+  ) => Partial<CniCall>;
 }
 
 const CASES: BadCase[] = [
@@ -64,6 +77,12 @@ const CASES: BadCase[] = [
     code: 4,
     pattern: /CNI_NETNS .* is not a namespace file/,
     call: () => ({ netns: "/etc/hostname" }),
+  },
+  {
+    name: "CNI_NETNS is a FIFO (must not block the plugin)",
+    code: 4,
+    pattern: /CNI_NETNS .* is not a namespace file/,
+    call: ({ fifo }) => ({ netns: fifo, timeoutMs: 20_000 }),
   },
   {
     name: "CNI_NETNS is relative",
@@ -138,6 +157,24 @@ const CASES: BadCase[] = [
     call: ({ conf }) => ({ conf: { ...conf, ipMasq: "yes" } }),
   },
   {
+    name: "an IPv4-mapped IPv6 subnet",
+    code: 7,
+    pattern: /ipam.ranges\[0\]\[0\].subnet: ::ffff:10\.9\.9\.0\/120 .*IPv4-mapped/,
+    call: ({ conf }) => ({ conf: withRanges(conf, [[{ subnet: "::ffff:10.9.9.0/120" }]]) }),
+  },
+  {
+    name: "the all-zero MAC in CNI_ARGS",
+    code: 4,
+    pattern: /CNI_ARGS: MAC "00:00:00:00:00:00" is not a unicast MAC address/,
+    call: () => ({ args: "MAC=00:00:00:00:00:00" }),
+  },
+  {
+    name: "a huge value of the wrong type is named, not echoed",
+    code: 7,
+    pattern: /^mtu: "x{1,100}… is outside 68\.\.65535$/,
+    call: ({ conf }) => ({ conf: { ...conf, mtu: "x".repeat(1 << 20) } }),
+  },
+  {
     name: "dataDir with ..",
     code: 7,
     pattern: /ipam.dataDir: .* must be an absolute path without "\.\."/,
@@ -152,7 +189,10 @@ function withRanges(conf: Record<string, unknown>, ranges: unknown[]): Record<st
 Deno.test("bad input is rejected with the spec's code, a message naming the field, and no change to the node", async (t) => {
   const net = testNet();
   const [existing, probe] = [uniq("tbx"), uniq("tby")];
+  const scratch = Deno.makeTempDirSync({ prefix: "pontoon-bad-" });
+  const fifo = `${scratch}/fifo`;
   try {
+    await must("mkfifo", [fifo]);
     const [pe, pp] = await addNetns(existing, probe);
     const conf = net.conf("1.1.0", { ipMasq: true });
     const subnet = (conf.ipam as { ranges: { subnet: string }[][] }).ranges[0][0].subnet;
@@ -169,7 +209,7 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
           conf,
           containerId: probe,
           netns: pp,
-          ...bad.call({ conf, netns: pp, id: probe, subnet }),
+          ...bad.call({ conf, netns: pp, id: probe, subnet, fifo }),
         };
         assertCniError(await cni(call), bad.code, bad.pattern);
         assert.deepEqual(await snapshot(net, [probe]), before, `${bad.name} changed the node`);
@@ -185,5 +225,6 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
   } finally {
     await delNetns(existing, probe);
     await net.cleanup();
+    await Deno.remove(scratch, { recursive: true }).catch(() => {});
   }
 });

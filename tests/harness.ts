@@ -94,6 +94,8 @@ export interface CniCall {
   binary?: string;
   /** Run the plugin inside this named netns (`ip netns exec`), as if it were the node. */
   nodeNetns?: string;
+  /** Kill the plugin after this many ms (a hang then shows as a failed call, not a stuck test). */
+  timeoutMs?: number;
 }
 
 /** What an invocation produced. */
@@ -127,10 +129,12 @@ export async function cni(call: CniCall): Promise<CniOutput> {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  const timer = call.timeoutMs === undefined ? undefined : setTimeout(() => child.kill("SIGKILL"), call.timeoutMs);
   const w = child.stdin.getWriter();
   await w.write(new TextEncoder().encode(call.rawStdin ?? JSON.stringify(call.conf)));
   await w.close();
   const out = await child.output();
+  clearTimeout(timer);
   const stdout = decoder.decode(out.stdout);
   let json = null;
   try {
