@@ -31,7 +31,8 @@ export function masqueradeScript(network: string, subnets: Cidr[]): string {
     `table ${table} {}`,
     `delete table ${table}`,
     `table ${table} {`,
-    `  comment "Pontoon: masquerade egress of CNI network ${network}"`,
+    // nft refuses comments over 128 characters; network names may be longer.
+    `  comment "${`Pontoon: masquerade egress of CNI network ${network}`.slice(0, 128)}"`,
     `  chain postrouting {`,
     `    type nat hook postrouting priority srcnat; policy accept;`,
     ...rules,

@@ -1,0 +1,30 @@
+/**
+ * A hostile or buggy runtime: valid but extreme configs, an environment
+ * without the sbin directories, and the same attachment ADDed twice at
+ * once. Each case either works or fails cleanly, and never undoes what
+ * another invocation made.
+ */
+import assert from "node:assert/strict";
+import { addNetns, assertOk, cni, delNetns, delNftTables, removeMarkers, sh, testNet, uniq } from "./harness.ts";
+
+Deno.test("ipMasq works for a network name of the longest accepted length (200)", async () => {
+  const net = testNet();
+  const name = net.name.padEnd(200, "x");
+  const a = uniq("thl");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { name, ipMasq: true });
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add, "ADD with a 200-character network name");
+    const table = await sh("nft", ["list", "table", "inet", `pontoon-${name}`]);
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, /masquerade/);
+    assertOk(await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await delNftTables(`pontoon-${name}`);
+    removeMarkers(net.bridge, name);
+    await net.cleanup();
+  }
+});
