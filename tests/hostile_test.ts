@@ -28,3 +28,18 @@ Deno.test("ipMasq works for a network name of the longest accepted length (200)"
     await net.cleanup();
   }
 });
+
+Deno.test("ADD and masquerade work when the runtime's PATH lacks the sbin directories", async () => {
+  const net = testNet();
+  const a = uniq("thp");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { ipMasq: true });
+    const env = { PATH: "/usr/bin:/bin" };
+    assertOk(await cni({ command: "ADD", conf, containerId: a, netns: pa, env }), "ADD with PATH=/usr/bin:/bin");
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa, env }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
