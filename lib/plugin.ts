@@ -135,7 +135,10 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     };
     return conf.prevResult ? appendResult(conf.prevResult, result) : result;
   } catch (err) {
-    for (const step of undo.reverse()) {
+    // 103 here means our veth was never created; if the host end exists, a
+    // concurrent ADD of this same attachment owns it and the reservation.
+    const raced = err instanceof CniError && err.code === ErrorCode.InterfaceExists && linkExists(host);
+    for (const step of raced ? [] : undo.reverse()) {
       await step().catch((e) => log("error", "undo step failed", { error: String(e) }));
     }
     throw err;
