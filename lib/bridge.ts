@@ -72,8 +72,8 @@ export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   if (!(await becomesBridge(spec.name))) {
     throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
   }
-  const commands: IpCommand[] = [["link", "set", spec.name, "up"]];
-  if (spec.promisc) commands.push(["link", "set", spec.name, "promisc", "on"]);
+  const commands: IpCommand[] = [["link", "set", "dev", spec.name, "up"]];
+  if (spec.promisc) commands.push(["link", "set", "dev", spec.name, "promisc", "on"]);
   commands.push(...await gatewayCommands(spec));
   await runBatchOrThrow(commands);
   if (spec.vlan) {
@@ -280,7 +280,7 @@ export function podCommands(spec: PodSpec): IpCommand[] {
     spec.ifname,
     ...(a.family === 6 && !spec.dad ? ["nodad"] : []),
   ]);
-  commands.push(["link", "set", spec.ifname, "up"]);
+  commands.push(["link", "set", "dev", spec.ifname, "up"]);
   for (const r of spec.routes) {
     const dst = r.dst.prefix === 0 ? (r.dst.family === 4 ? "0.0.0.0/0" : "::/0") : formatCidr(r.dst);
     commands.push(["route", "add", dst, ...(r.gw ? ["via", formatIp(r.gw)] : []), "dev", spec.ifname]);

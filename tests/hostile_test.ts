@@ -87,3 +87,24 @@ Deno.test("two ADDs of one attachment at once: one wins, the loser leaves the wi
     await net.cleanup();
   }
 });
+
+Deno.test("interface names that are ip keywords (up, help, dev) work as CNI_IFNAME", async () => {
+  const net = testNet();
+  const a = uniq("thk");
+  const names = ["up", "help", "dev"];
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { isDefaultGateway: false });
+    for (const ifname of names) {
+      const add = await cni({ command: "ADD", conf, containerId: a, netns: pa, ifname });
+      assertOk(add, `ADD with CNI_IFNAME=${ifname}`);
+      assertOk(
+        await cni({ command: "CHECK", conf: { ...conf, prevResult: add.json }, containerId: a, netns: pa, ifname }),
+      );
+    }
+    for (const ifname of names) assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa, ifname }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
