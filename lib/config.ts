@@ -391,6 +391,11 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
   }
   const agentSocket = optString(raw, "agentSocket");
 
+  const mtu = optInt(raw, "mtu", 68, 65535);
+  const ipam = parseIpam(raw.ipam, options.needIpam ?? true);
+  const hasV6 = "rangeSets" in ipam && ipam.rangeSets.some((set) => set[0].subnet.family === 6);
+  if (mtu !== undefined && mtu < 1280 && hasV6) invalid("mtu", `${mtu} is below 1280, the minimum for IPv6 ranges`);
+
   let prevResult: Result | undefined;
   if (raw.prevResult !== undefined && raw.prevResult !== null && !options.ignorePrevResult) {
     prevResult = fromAnyVersion(raw.prevResult, "prevResult");
@@ -405,12 +410,12 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
     isDefaultGateway,
     forceAddress: bool(raw, "forceAddress", false),
     ipMasq: bool(raw, "ipMasq", false),
-    mtu: optInt(raw, "mtu", 68, 65535),
+    mtu,
     hairpinMode,
     promiscMode,
     vlan: optInt(raw, "vlan", 1, 4094),
     enableDad: bool(raw, "enableDad", bool(raw, "enabledad", false)),
-    ipam: parseIpam(raw.ipam, options.needIpam ?? true),
+    ipam,
     requestedIps: parseRequestedIps(raw),
     requestedMac,
     prevResult,

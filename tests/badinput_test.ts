@@ -133,6 +133,14 @@ const CASES: BadCase[] = [
     call: ({ conf }) => ({ conf: { ...conf, mtu: 70000 } }),
   },
   {
+    name: "MTU below IPv6's 1280 with an IPv6 range",
+    code: 7,
+    pattern: /^mtu: 1000 is below 1280, the minimum for IPv6 ranges/,
+    call: ({ conf, subnet }) => ({
+      conf: { ...withRanges(conf, [[{ subnet }], [{ subnet: "fd5e:ffff:1::/64" }]]), mtu: 1000 },
+    }),
+  },
+  {
     name: "bridge name longer than 15 bytes",
     code: 7,
     pattern: /^bridge: .* 16 bytes/,
