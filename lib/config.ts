@@ -310,7 +310,27 @@ function parseIpam(raw: unknown, needed: boolean): BuiltinIpam | DelegatedIpam {
     return { type };
   }
   const dataDir = absolutePath("ipam.dataDir", optString(raw, "dataDir", "ipam.dataDir") ?? DEFAULT_DATA_DIR);
-  return { type: BUILTIN_IPAM, rangeSets: parseRangeSets(raw), routes: parseRoutes(raw), dataDir };
+  const rangeSets = parseRangeSets(raw);
+  const routes = parseRoutes(raw);
+  checkRoutes(routes, rangeSets);
+  return { type: BUILTIN_IPAM, rangeSets, routes, dataDir };
+}
+
+/** Rejects routes the kernel would refuse in the pod: duplicates, a range's own subnet, an unreachable gw. */
+function checkRoutes(routes: PodRoute[], rangeSets: RangeSet[]): void {
+  const subnets = rangeSets.flat().map((r) => r.subnet);
+  const same = (a: Cidr, b: Cidr) => sameIp(a, b) && a.prefix === b.prefix;
+  routes.forEach((r, i) => {
+    const field = `ipam.routes[${i}]`;
+    const twin = routes.findIndex((o) => same(o.dst, r.dst));
+    if (twin < i) invalid(`${field}.dst`, `${formatCidr(r.dst)} is already ipam.routes[${twin}]`);
+    if (subnets.some((s) => same(s, r.dst))) {
+      invalid(`${field}.dst`, `${formatCidr(r.dst)} is a range's own subnet, which the pod reaches directly`);
+    }
+    if (r.gw && !subnets.some((s) => contains(s, r.gw!))) {
+      invalid(`${field}.gw`, `${formatIp(r.gw)} is outside every range's subnet, so the pod cannot reach it`);
+    }
+  });
 }
 
 function parseRequestedIps(raw: Record<string, unknown>): string[] {

@@ -141,6 +141,24 @@ const CASES: BadCase[] = [
     }),
   },
   {
+    name: "the same route twice",
+    code: 7,
+    pattern: /^ipam.routes\[1\].dst: 10\.99\.0\.0\/16 is already ipam.routes\[0\]/,
+    call: ({ conf }) => ({ conf: withRoutes(conf, [{ dst: "10.99.0.0/16" }, { dst: "10.99.0.0/16" }]) }),
+  },
+  {
+    name: "a route to a range's own subnet",
+    code: 7,
+    pattern: /^ipam.routes\[0\].dst: .* is a range's own subnet/,
+    call: ({ conf, subnet }) => ({ conf: withRoutes(conf, [{ dst: subnet }]) }),
+  },
+  {
+    name: "a route via a gateway outside every subnet",
+    code: 7,
+    pattern: /^ipam.routes\[0\].gw: 192\.0\.2\.1 is outside every range's subnet/,
+    call: ({ conf }) => ({ conf: withRoutes(conf, [{ dst: "10.99.0.0/16", gw: "192.0.2.1" }]) }),
+  },
+  {
     name: "bridge name longer than 15 bytes",
     code: 7,
     pattern: /^bridge: .* 16 bytes/,
@@ -192,6 +210,10 @@ const CASES: BadCase[] = [
 
 function withRanges(conf: Record<string, unknown>, ranges: unknown[]): Record<string, unknown> {
   return { ...conf, ipam: { ...(conf.ipam as object), ranges } };
+}
+
+function withRoutes(conf: Record<string, unknown>, routes: unknown[]): Record<string, unknown> {
+  return { ...conf, ipam: { ...(conf.ipam as object), routes } };
 }
 
 Deno.test("bad input is rejected with the spec's code, a message naming the field, and no change to the node", async (t) => {
