@@ -118,7 +118,10 @@ export class IpamStore {
   /** The index record of an attachment, or null. */
   readIndex(att: Attachment): AttachmentRecord | null {
     try {
-      return JSON.parse(decoder.decode(Deno.readFileSync(this.#indexPath(att))));
+      const record = JSON.parse(decoder.decode(Deno.readFileSync(this.#indexPath(att))));
+      // Its addresses become file names: anything but a list of addresses is not ours.
+      const ips: unknown = record?.ips;
+      return Array.isArray(ips) && ips.every((ip) => parseIp(ip) !== null) ? record : null;
     } catch (err) {
       if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) return null;
       if (err instanceof SyntaxError) return null;

@@ -125,6 +125,29 @@ Deno.test("a crash between writing the index and the address files leaves nothin
   }
 });
 
+Deno.test("a corrupt or tampered index is ignored: DEL neither fails nor removes a file outside the store", () => {
+  const s = setup([[{ subnet: "10.9.0.0/29" }]]);
+  const att = { containerId: "c1", ifname: "eth0" };
+  const index = `${s.dataDir}/unit/attachments/c1:eth0`;
+  try {
+    reserve(s, "c1");
+    Deno.writeTextFileSync(index, '{"ips": 5}');
+    assert.deepEqual(releaseAddresses(s.store, att), []);
+    // A file outside the store that names the attachment as its owner.
+    Deno.writeTextFileSync(`${s.dataDir}/victim`, "c1\r\neth0");
+    Deno.writeTextFileSync(index, '{"ips": ["../victim"]}');
+    assert.deepEqual(releaseAddresses(s.store, att), []);
+    assert.equal(
+      Deno.readTextFileSync(`${s.dataDir}/victim`),
+      "c1\r\neth0",
+      "a path from the index reached the filesystem",
+    );
+    assert.deepEqual(collectGarbage(s.store, []).map((a) => a.containerId), ["c1"], "GC still frees the address");
+  } finally {
+    Deno.removeSync(s.dataDir, { recursive: true });
+  }
+});
+
 Deno.test("many processes reserving at once never hand out one address twice", async () => {
   const s = setup([[{ subnet: "10.12.0.0/22" }]]);
   const workers = 8;
