@@ -195,7 +195,14 @@ export function checkVersion(raw: Record<string, unknown>): string {
   return v;
 }
 
-const IPV4_MAPPED = parseCidr("::ffff:0:0/96")!;
+/** Blocks no pod address can come from: the kernel refuses them on a link or never routes them. */
+const UNUSABLE = [
+  ["0.0.0.0/8", "'this network'"],
+  ["127.0.0.0/8", "loopback"],
+  ["224.0.0.0/4", "multicast"],
+  ["::ffff:0:0/96", "IPv4-mapped IPv6"],
+  ["ff00::/8", "multicast"],
+].map(([cidr, what]) => ({ block: parseCidr(cidr)!, text: `${what} addresses (${cidr})` }));
 
 function parseRange(raw: unknown, field: string): IpRange {
   if (!isObject(raw)) invalid(field, "must be an object with a subnet");
@@ -207,9 +214,8 @@ function parseRange(raw: unknown, field: string): IpRange {
   if (network.value !== subnet.value) {
     invalid(`${field}.subnet`, `${subnetText} has host bits set; did you mean ${formatCidr(network)}?`);
   }
-  if (overlaps(subnet, IPV4_MAPPED)) {
-    invalid(`${field}.subnet`, `${subnetText} holds IPv4-mapped IPv6 addresses (::ffff:0:0/96), unusable on a link`);
-  }
+  const unusable = UNUSABLE.find((u) => overlaps(subnet, u.block));
+  if (unusable) invalid(`${field}.subnet`, `${subnetText} holds ${unusable.text}, unusable for pods`);
   const bits = familyBits(subnet.family);
   if (subnet.prefix > bits - 2) {
     invalid(`${field}.subnet`, `network ${subnetText} is too small to allocate from`);

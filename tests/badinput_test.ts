@@ -189,6 +189,12 @@ const CASES: BadCase[] = [
     call: ({ conf }) => ({ conf: withRanges(conf, [[{ subnet: "::ffff:10.9.9.0/120" }]]) }),
   },
   {
+    name: "a multicast subnet",
+    code: 7,
+    pattern: /ipam.ranges\[0\]\[0\].subnet: 224\.0\.0\.0\/24 holds multicast addresses/,
+    call: ({ conf }) => ({ conf: withRanges(conf, [[{ subnet: "224.0.0.0/24" }]]) }),
+  },
+  {
     name: "the all-zero MAC in CNI_ARGS",
     code: 4,
     pattern: /CNI_ARGS: MAC "00:00:00:00:00:00" is not a unicast MAC address/,
