@@ -455,10 +455,21 @@ function errorDocument(err: CniError, version: string): string {
 }
 
 /**
+ * Runtimes may exec plugins with a PATH lacking the sbin directories that
+ * hold ip, nft and bridge: search them after the runtime's own PATH (also
+ * in the compiled binary, which has no launcher).
+ */
+function searchSbin(): void {
+  const path = Deno.env.get("PATH");
+  Deno.env.set("PATH", `${path ? `${path}:` : ""}/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin`);
+}
+
+/**
  * Runs one plugin invocation: validates env and config, runs the verb and
  * returns what to print. Never throws.
  */
 export async function runPlugin(envVars: Record<string, string | undefined>, stdin: Uint8Array): Promise<PluginOutput> {
+  searchSbin();
   let version = "1.1.0";
   let report: { socket: string; verb: string; started: number } | undefined;
   let code = 0;

@@ -6,10 +6,6 @@
 # Plugin mode (CNI_COMMAND set) gets no network permission at all; the agent
 # and the CLI also need the network (the Kubernetes API, the REST API).
 self=$(readlink -f "$0") || exit 1
-# Runtimes may exec plugins with a PATH lacking the sbin directories that
-# hold ip, nft and bridge; search them after the runtime's own PATH.
-PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
-export PATH
 dir=${self%/*}
 if [ -n "${CNI_COMMAND+set}" ]; then
   exec "$dir/deno" run --quiet --no-prompt --no-config --no-lock --no-remote --cached-only \
