@@ -93,10 +93,26 @@ export function printable(text: string): string {
   return shown.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
+/** libcni's boolean in CNI_ARGS: `1`/`true`/`0`/`false`, any case; anything else is an error. */
+function parseArgBool(key: string, value: string): boolean {
+  switch (value.toLowerCase()) {
+    case "1":
+    case "true":
+      return true;
+    case "0":
+    case "false":
+      return false;
+  }
+  throw new CniError(
+    ErrorCode.InvalidEnvironment,
+    `CNI_ARGS: ${key}="${printable(value)}" is not a boolean (1, true, 0 or false)`,
+  );
+}
+
 /**
  * Parses `CNI_ARGS` (`K=V;K2=V2`) the way libcni does: every pair needs
  * exactly one `=`, and unknown keys are an error unless `IgnoreUnknown` is
- * `1` or `true`.
+ * true (`1` or `true` in any case, as libcni reads it).
  */
 export function parseCniArgs(raw: string): CniArgs {
   const args: CniArgs = { ignoreUnknown: false, ips: [] };
@@ -112,7 +128,7 @@ export function parseCniArgs(raw: string): CniArgs {
     return [parts[0], parts[1]] as const;
   });
   const ignore = pairs.find(([k]) => k === "IgnoreUnknown");
-  args.ignoreUnknown = ignore !== undefined && /^(1|true|True)$/.test(ignore[1]);
+  if (ignore !== undefined) args.ignoreUnknown = parseArgBool("IgnoreUnknown", ignore[1]);
   for (const [key, value] of pairs) {
     if (!KNOWN_ARGS.has(key)) {
       if (args.ignoreUnknown) continue;

@@ -23,6 +23,9 @@ Deno.test("CNI_ARGS: Kubernetes keys parse with IgnoreUnknown; unknown keys fail
   assert.equal(args.podUid, "u1");
   assert.equal(codeOf(() => parseCniArgs("FOO=bar")), 4);
   assert.equal(codeOf(() => parseCniArgs("IgnoreUnknown=true;FOO=bar")), 0);
+  assert.equal(codeOf(() => parseCniArgs("IgnoreUnknown=TRUE;FOO=bar")), 0, "libcni lowercases booleans");
+  assert.equal(codeOf(() => parseCniArgs("IgnoreUnknown=0;FOO=bar")), 4);
+  assert.equal(codeOf(() => parseCniArgs("IgnoreUnknown=yes")), 4, "not a boolean in libcni");
   assert.equal(codeOf(() => parseCniArgs("a=b=c;IgnoreUnknown=1")), 4);
   assert.equal(codeOf(() => parseCniArgs("IgnoreUnknown=1;")), 4, "trailing ; is an error in libcni");
   assert.deepEqual(parseCniArgs("IP=10.0.0.5,fd00::5").ips, ["10.0.0.5", "fd00::5"]);
