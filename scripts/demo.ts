@@ -70,6 +70,35 @@ function step(text: string) {
   console.log(`\n\x1b[1m== ${text}\x1b[0m`);
 }
 
+// The plugin turns on forwarding (it is the pods' gateway); a demo on a
+// workstation should not leave it on, since IPv6 forwarding makes the host
+// ignore router advertisements.
+const NODE_SYSCTLS = [
+  "net/ipv4/ip_forward",
+  "net/ipv6/conf/all/forwarding",
+  "net/bridge/bridge-nf-call-iptables",
+  "net/bridge/bridge-nf-call-ip6tables",
+];
+const sysctlsBefore = new Map(NODE_SYSCTLS.map((key) => [key, readSysctl(key)]));
+
+function readSysctl(key: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(`/proc/sys/${key}`).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function restoreSysctls(): string[] {
+  const restored: string[] = [];
+  for (const [key, value] of sysctlsBefore) {
+    if (value === undefined || readSysctl(key) === value) continue;
+    Deno.writeTextFileSync(`/proc/sys/${key}`, value);
+    restored.push(`${key.replaceAll("/", ".")}=${value}`);
+  }
+  return restored;
+}
+
 const results: Record<string, {
   interfaces: { name: string; mac: string; sandbox?: string }[];
   ips: { address: string; gateway: string }[];
@@ -144,6 +173,8 @@ try {
   }
   Deno.removeSync(dataDir, { recursive: true });
   console.log("  removed namespaces, bridge, masquerade table, node markers and IPAM store");
+  const restored = restoreSysctls();
+  if (restored.length > 0) console.log(`  restored the node's sysctls: ${restored.join(", ")}`);
 }
 console.log(failed ? "\ndemo FAILED" : "\ndemo ok: two pods got addresses from Pontoon and reached each other");
 Deno.exit(failed ? 1 : 0);
