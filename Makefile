@@ -16,7 +16,7 @@ SOURCES := main.ts $(wildcard lib/*.ts) deno.json
 # The plugin needs no network permission: it talks to the agent over a unix socket.
 PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow-ffi
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
-	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod
+	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod time
 
 .PHONY: all deps build compile test test-unit demo bench soak fmt lint check clean
 
@@ -60,6 +60,11 @@ test: build
 demo: build
 	@$(DENO) run --allow-all scripts/demo.ts
 
+# Pontoon vs the reference bridge plugin, interleaved in one run; table on
+# stdout, JSON under bench/results/. Options: make bench BENCH_ARGS="--help".
+bench: build
+	$(DENO) run --allow-all bench/bench.ts $(BENCH_ARGS)
+
 fmt: deps
 	$(DENO) fmt
 
@@ -67,7 +72,7 @@ lint: deps
 	$(DENO) lint
 
 check: deps
-	$(DENO) check main.ts lib/*.ts tests/*.ts
+	$(DENO) check main.ts lib/*.ts tests/*.ts bench/*.ts
 
 clean:
 	rm -rf dist tests/.work
