@@ -71,7 +71,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     );
   }
   const podMac = chooseMac(env, conf);
-  const undo: (() => Promise<void>)[] = [];
+  const undo: (() => void | Promise<void>)[] = [];
   try {
     const ipam = await reserveIpam(env, conf);
     if (ipam.undo) undo.push(ipam.undo);
@@ -106,7 +106,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     faultPoint("after-veth");
 
     const routes = podRoutes(conf, ipam);
-    await configurePod({
+    configurePod({
       netns: env.netns,
       ifname: env.ifname,
       addresses: ipam.ips.map((i) => i.address),
@@ -132,7 +132,11 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     };
   } catch (err) {
     for (const step of undo.reverse()) {
-      await step().catch((e) => log("error", "undo step failed", { error: String(e) }));
+      try {
+        await step();
+      } catch (e) {
+        log("error", "undo step failed", { error: String(e) });
+      }
     }
     throw err;
   }
@@ -265,7 +269,7 @@ async function releaseIpam(env: CniEnv, conf: NetConf): Promise<void> {
 async function cmdDel({ env, conf }: Invocation): Promise<void> {
   // Best effort and idempotent: the netns may be empty, gone or never
   // added; the host veth name and the IPAM index need none of it.
-  await removeVeth(hostVethName(env.containerId, env.ifname));
+  removeVeth(hostVethName(env.containerId, env.ifname));
   faultPoint("del-after-veth");
   await releaseIpam(env, conf);
 }
