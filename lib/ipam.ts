@@ -22,6 +22,7 @@
 import { formatIp, type Ip, parseIp } from "./addr.ts";
 import type { Attachment, IpRange, RangeSet } from "./config.ts";
 import { CniError, ErrorCode } from "./errors.ts";
+import { pathExists } from "./libc.ts";
 
 const LAST_RESERVED = "last_reserved_ip.";
 const INDEX_DIR = "attachments";
@@ -89,13 +90,9 @@ export class IpamStore {
 
   /** The owner recorded in an address file, or null when the address is free. */
   ownerOf(ip: string): Attachment | null {
-    let text: string;
-    try {
-      text = decoder.decode(Deno.readFileSync(`${this.dir}/${ip}`));
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return null;
-      throw err;
-    }
+    const bytes = readIfPresent(`${this.dir}/${ip}`);
+    if (bytes === null) return null;
+    const text = decoder.decode(bytes);
     const [containerId = "", ifname = ""] = text.split(/\r?\n/);
     return { containerId: containerId.trim(), ifname: ifname.trim() };
   }
@@ -115,10 +112,12 @@ export class IpamStore {
 
   /** The index record of an attachment, or null. */
   readIndex(att: Attachment): AttachmentRecord | null {
+    const bytes = readIfPresent(this.#indexPath(att));
+    if (bytes === null) return null;
     try {
-      return JSON.parse(decoder.decode(Deno.readFileSync(this.#indexPath(att))));
+      return JSON.parse(decoder.decode(bytes));
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof SyntaxError) return null;
+      if (err instanceof SyntaxError) return null;
       throw err;
     }
   }
@@ -202,7 +201,24 @@ function ownedBy(holder: Attachment, att: Attachment): boolean {
   return holder.containerId === att.containerId && (holder.ifname === "" || holder.ifname === att.ifname);
 }
 
+/**
+ * A file's bytes, or null when it does not exist. Absence is the common
+ * case on ADD (no index yet, free candidate addresses), so it is checked
+ * first rather than caught: the first error a Deno process throws costs
+ * about 2 ms, a sizeable share of a plugin call.
+ */
+function readIfPresent(path: string): Uint8Array | null {
+  if (!pathExists(path)) return null;
+  try {
+    return Deno.readFileSync(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+}
+
 function removeIfPresent(path: string): void {
+  if (!pathExists(path)) return;
   try {
     Deno.removeSync(path);
   } catch (err) {
