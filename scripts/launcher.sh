@@ -7,6 +7,9 @@
 # network permission at all; the agent and the CLI also need the network
 # (the Kubernetes API, the REST API). Kubelet starts the plugin once per
 # pod, so this stays cheap: `readlink` is spawned only for a symlink.
+# The runtime's own update check (a file read, and a download attempt once a
+# day) has no place on a node.
+export DENO_NO_UPDATE_CHECK=1
 self=$0
 if [ -L "$self" ]; then
   self=$(readlink -f "$self") || exit 1
