@@ -12,7 +12,7 @@ import { CniError, ErrorCode } from "./errors.ts";
 import { type IpCommand, runBatch, runBatchOrThrow, runBridgeBatch, showJson, showJsonMany } from "./ip.ts";
 import { addAddress, addRoute, createVeth, deleteLink, NetlinkError, RtnlSocket, setLinkUp } from "./netlink.ts";
 import { inNetns, withNetnsFd } from "./netns.ts";
-import { markerMatches, writeMarker } from "./nodestate.ts";
+import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
 import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin } from "./sysfs.ts";
 
 /** Prefix of every host-side veth Pontoon creates. */
@@ -63,15 +63,22 @@ export interface BridgeSpec {
 /**
  * Makes sure the bridge exists, is up and holds the gateway addresses; sets
  * node sysctls. Fast when a marker says this was already done for the same
- * bridge (same ifindex) and spec. Safe when many ADDs race on a fresh node.
- * Returns the bridge's MAC.
+ * bridge (same ifindex) and spec. When many ADDs race on a fresh node, one
+ * sets the bridge up under a node lock; the others wait and find the
+ * marker. Returns the bridge's MAC.
  */
 export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   const key = JSON.stringify({ ...spec, gateways: spec.gateways.map(formatCidr) });
+  const done = () => {
+    const index = linkIndex(spec.name);
+    return index !== null && markerMatches("bridge", spec.name, `${index} ${key}`);
+  };
+  if (!done()) await withNodeLock("bridge", spec.name, () => done() ? Promise.resolve() : setUpBridge(spec, key));
+  return linkMac(spec.name) ?? "";
+}
+
+async function setUpBridge(spec: BridgeSpec, key: string): Promise<void> {
   const index = linkIndex(spec.name);
-  if (index !== null && markerMatches("bridge", spec.name, `${index} ${key}`)) {
-    return linkMac(spec.name) ?? "";
-  }
   if (index === null) await createBridge(spec);
   if (!(await becomesBridge(spec.name))) {
     throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
@@ -85,7 +92,6 @@ export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   }
   setNodeSysctls(spec.forwardFamilies);
   writeMarker("bridge", spec.name, `${linkIndex(spec.name)} ${key}`);
-  return linkMac(spec.name) ?? "";
 }
 
 /**

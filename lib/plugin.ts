@@ -27,7 +27,7 @@ import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
 import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
-import { markerMatches, writeMarker } from "./nodestate.ts";
+import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
 import { fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
 import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
@@ -200,8 +200,11 @@ async function ensureMasquerade(conf: NetConf, ipam: IpamOutcome): Promise<void>
     : ipam.ips.map((i) => canonicalNetwork(i.address));
   const script = masqueradeScript(conf.name, subnets);
   if (markerMatches("masq", conf.name, script)) return;
-  await runNftScript(script);
-  writeMarker("masq", conf.name, script);
+  await withNodeLock("masq", conf.name, async () => {
+    if (markerMatches("masq", conf.name, script)) return;
+    await runNftScript(script);
+    writeMarker("masq", conf.name, script);
+  });
 }
 
 // ------------------------------------------------------------- IPAM
