@@ -20,7 +20,7 @@
 
 import { listLinks, listNetns, prefixFor, readRuleset, removeFirewall, run, SubnetAllocator } from "./host.ts";
 import { GNU_TIME, type Plugin, pontoonPlugin, REFERENCE_DIR, referencePlugin } from "./plugins.ts";
-import { formatTable, Recorder, type Report, type Slot } from "./report.ts";
+import { formatTable, judgeTargets, Recorder, type Report, type Slot } from "./report.ts";
 import {
   type BenchContext,
   type BenchOptions,
@@ -291,6 +291,7 @@ export async function runBench(options: RunOptions): Promise<BenchResult> {
     notes: rec.notes,
     samples: rec.samples,
     residue,
+    targets: resolved.pontoon ? judgeTargets(rec.rows) : [],
   };
   const missing: Partial<Record<Slot, string>> = resolved.pontoon ? {} : { pontoon: "skipped" };
   const table = formatTable(rec.rows, missing);
@@ -310,6 +311,10 @@ export function formatSummary(result: BenchResult): string {
     `ratio = pontoon / reference (latency, wall, RSS: lower is better; Gbit/s, %: higher is better)`,
     `checks: ${passed}/${report.checks.length} passed; ${report.durationSeconds.toFixed(1)} s; ${result.resultsFile}`,
   ];
+  for (const t of report.targets) {
+    const value = t.value === undefined || !Number.isFinite(t.value) ? "—" : t.value.toFixed(2);
+    out.push(`target ${t.met ? "met   " : "MISSED"} ${t.bound.padEnd(14)} ${value.padStart(5)}  ${t.row}`);
+  }
   for (const n of report.notes) out.push(`note: ${n}`);
   for (const p of report.problems) out.push(`PROBLEM: ${p}`);
   return out.join("\n");
