@@ -65,6 +65,7 @@ export const DEFAULTS: BenchOptions = {
   window: 50,
   calls: 50,
   iperfSeconds: 5,
+  iperfReps: 2,
   rssSamples: 5,
   reps: 1,
   masq: [false, true],
@@ -80,6 +81,7 @@ export const SMOKE: BenchOptions = {
   window: 2,
   calls: 3,
   iperfSeconds: 1,
+  iperfReps: 1,
   rssSamples: 1,
   reps: 1,
   masq: [false, true],
@@ -328,6 +330,7 @@ const USAGE = `usage: deno run -A bench/bench.ts [options]
   --window N            first/last pods compared in the many scenario (${DEFAULTS.window})
   --calls N             STATUS and VERSION calls per plugin (${DEFAULTS.calls})
   --iperf-seconds N     iperf3 test length (${DEFAULTS.iperfSeconds})
+  --iperf-reps N        iperf3 rounds per path, alternating, median (${DEFAULTS.iperfReps})
   --rss-samples N       ADD/DEL calls measured for peak RSS (${DEFAULTS.rssSamples})
   --reps N              repetitions of the concurrent scenario (${DEFAULTS.reps})
   --masq off,on         masquerade modes for pod scenarios (off,on)
@@ -346,6 +349,7 @@ const STRING_FLAGS = [
   "window",
   "calls",
   "iperf-seconds",
+  "iperf-reps",
   "rss-samples",
   "reps",
   "masq",
@@ -417,6 +421,7 @@ export function parseOptions(args: string[]): RunOptions | "help" {
     window: count("window", base.window),
     calls: count("calls", base.calls),
     iperfSeconds: count("iperf-seconds", base.iperfSeconds),
+    iperfReps: count("iperf-reps", base.iperfReps),
     rssSamples: count("rss-samples", base.rssSamples),
     reps: count("reps", base.reps),
     masq,
