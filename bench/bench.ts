@@ -67,7 +67,7 @@ export const DEFAULTS: BenchOptions = {
   iperfSeconds: 5,
   iperfReps: 2,
   rssSamples: 5,
-  reps: 1,
+  reps: 3,
   masq: [false, true],
   only: [...SCENARIOS],
 };
@@ -83,7 +83,7 @@ export const SMOKE: BenchOptions = {
   iperfSeconds: 1,
   iperfReps: 1,
   rssSamples: 1,
-  reps: 1,
+  reps: 3,
   masq: [false, true],
   only: [...SCENARIOS],
 };
