@@ -83,7 +83,7 @@ export const SMOKE: BenchOptions = {
   iperfSeconds: 1,
   iperfReps: 1,
   rssSamples: 1,
-  reps: 3,
+  reps: 1,
   masq: [false, true],
   only: [...SCENARIOS],
 };
