@@ -18,7 +18,16 @@
  * @module
  */
 
-import { listLinks, listNetns, prefixFor, readRuleset, removeFirewall, run, SubnetAllocator } from "./host.ts";
+import {
+  listLinks,
+  listNetns,
+  prefixFor,
+  readRuleset,
+  removeFirewall,
+  run,
+  runStateFiles,
+  SubnetAllocator,
+} from "./host.ts";
 import { GNU_TIME, type Plugin, pontoonPlugin, REFERENCE_DIR, referencePlugin } from "./plugins.ts";
 import { formatTable, judgeTargets, Recorder, type Report, type Slot } from "./report.ts";
 import {
@@ -168,6 +177,7 @@ export async function sweepRun(
   residue.push(
     ...(await listNetns()).filter((n) => n.startsWith(prefix)).map((n) => `netns: ${n}`),
     ...(await listLinks()).filter((n) => n.startsWith(`pb${ctx.runId}`)).map((n) => `link: ${n}`),
+    ...(await runStateFiles(ctx.runId)).map((f) => `pontoon state: ${f}`),
   );
   try {
     await Deno.stat(ctx.tmpDir);

@@ -19,6 +19,7 @@ import {
   netnsAddresses,
   netnsHasLink,
   netnsPath,
+  nodeStateFiles,
   ping,
   pool,
   readRuleset,
@@ -356,7 +357,8 @@ export class TestNetwork {
   /**
    * Removes everything: DELs pods still added (netns present, so the
    * plugin can clean its per-pod rules), deletes the netns, the firewall
-   * objects naming this network or its pods, the bridge and the IPAM dir.
+   * objects naming this network or its pods, the bridge, the IPAM dir and
+   * Pontoon's node markers for the bridge and network.
    */
   async destroy(): Promise<void> {
     await pool(this.pods.filter((p) => p.added), 10, async (p) => {
@@ -373,6 +375,9 @@ export class TestNetwork {
     });
     await deleteLink(this.spec.bridge);
     await Deno.remove(this.spec.dataDir, { recursive: true }).catch(() => {});
+    // Pontoon's markers for the bridge and network (harmless once the
+    // bridge is gone, but the run should leave nothing).
+    for (const f of await nodeStateFiles(this.spec.bridge, this.spec.name)) await Deno.remove(f).catch(() => {});
   }
 }
 
