@@ -9,8 +9,18 @@
  */
 import { type Cidr, contains, formatCidr, formatIp, type Ip, parseCidr } from "./addr.ts";
 import { CniError, ErrorCode } from "./errors.ts";
-import { type IpCommand, runBatch, runBatchOrThrow, runBridgeBatch, showJson, showJsonMany } from "./ip.ts";
-import { addAddress, addRoute, createVeth, deleteLink, NetlinkError, RtnlSocket, setLinkUp } from "./netlink.ts";
+import { type IpCommand, runBatch, runBatchOrThrow, runBridgeBatch, showJson } from "./ip.ts";
+import {
+  addAddress,
+  addRoute,
+  createVeth,
+  deleteLink,
+  linkAddresses,
+  mainRoutes,
+  NetlinkError,
+  RtnlSocket,
+  setLinkUp,
+} from "./netlink.ts";
 import { inNetns, withNetnsFd } from "./netns.ts";
 import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
 import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin } from "./sysfs.ts";
@@ -313,23 +323,25 @@ export interface PodView {
   routes: { dst: string; gateway?: string; dev?: string }[];
 }
 
-/** Reads the pod interface's addresses and the pod's main routes in one spawn. */
-export async function inspectPod(netns: string, ifname: string): Promise<PodView> {
-  const [links, routes] = await showJsonMany(
-    [["addr", "show", "dev", ifname], ["route", "show", "table", "all"]],
-    { netns },
-  ) as [
-    { address?: string; addr_info?: AddrInfo[] }[],
-    { dst: string; gateway?: string; dev?: string; table?: string }[],
-  ];
-  const link = links[0];
-  if (!link) return { exists: false, addresses: [], routes: [] };
-  return {
-    exists: true,
-    mac: link.address,
-    addresses: (link.addr_info ?? []).map((a) => parseCidr(`${a.local}/${a.prefixlen}`)).filter((c): c is Cidr =>
-      c !== null
-    ),
-    routes: routes.filter((r) => r.table === undefined),
-  };
+/** Reads the pod interface's addresses and the pod's main-table routes over netlink inside its netns. */
+export function inspectPod(netns: string, ifname: string): PodView {
+  const sock = inNetns(netns, () => RtnlSocket.open());
+  try {
+    const link = sock.link(ifname);
+    if (!link) return { exists: false, addresses: [], routes: [] };
+    return {
+      exists: true,
+      mac: link.mac,
+      addresses: linkAddresses(sock, link.index),
+      routes: mainRoutes(sock).map((r) => ({
+        dst: r.dst.prefix === 0 ? "default" : formatCidr(r.dst),
+        gateway: r.gateway ? formatIp(r.gateway) : undefined,
+        dev: r.oif === link.index ? ifname : undefined,
+      })),
+    };
+  } catch (err) {
+    throw new CniError(ErrorCode.SystemFailure, `inspecting ${ifname} in ${netns}: ${(err as Error).message}`);
+  } finally {
+    sock.close();
+  }
 }

@@ -1,8 +1,8 @@
 /**
  * rtnetlink through libc: the few link, address and route requests on the
  * per-pod hot path (create the veth pair, configure the pod side, delete
- * the host veth), sent over a NETLINK_ROUTE socket instead of spawning
- * `ip`. Everything else (the bridge, once per node; CHECK's inspection;
+ * the host veth) and CHECK's view of the pod, sent over a NETLINK_ROUTE
+ * socket instead of spawning `ip`. The rest (the bridge, once per node;
  * GC) still goes through `ip.ts`.
  *
  * Each request is built as data (nested attributes), sent with
@@ -29,15 +29,19 @@ const RTM_NEWLINK = 16;
 const RTM_DELLINK = 17;
 const RTM_GETLINK = 18;
 const RTM_NEWADDR = 20;
+const RTM_GETADDR = 22;
 const RTM_NEWROUTE = 24;
+const RTM_GETROUTE = 26;
 
 const NLM_F_REQUEST = 0x1;
 const NLM_F_ACK = 0x4;
+const NLM_F_DUMP = 0x300;
 const NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
 const NLM_F_CAPPED = 0x100;
 const NLM_F_ACK_TLVS = 0x200;
 const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
 const NLMSGERR_ATTR_MSG = 1;
 
 const IFLA_ADDRESS = 1;
@@ -58,6 +62,7 @@ const IFA_F_NODAD = 0x2;
 const RTA_DST = 1;
 const RTA_OIF = 4;
 const RTA_GATEWAY = 5;
+const RTA_TABLE = 15;
 const RT_TABLE_MAIN = 254;
 const RTPROT_BOOT = 3;
 const RT_SCOPE_UNIVERSE = 0;
@@ -203,6 +208,15 @@ export class RtnlSocket {
    * messages before the ACK; throws NetlinkError on a negative ACK.
    */
   request(what: string, type: number, flags: number, header: Uint8Array, attrs: Attr[] = []): Uint8Array[] {
+    return this.#exchange(what, type, NLM_F_REQUEST | NLM_F_ACK | flags, header, attrs);
+  }
+
+  /** Sends a dump request and returns every reply message's payload. */
+  dump(what: string, type: number, header: Uint8Array): Uint8Array[] {
+    return this.#exchange(what, type, NLM_F_REQUEST | NLM_F_DUMP, header, []);
+  }
+
+  #exchange(what: string, type: number, flags: number, header: Uint8Array, attrs: Attr[]): Uint8Array[] {
     const c = libc();
     const seq = this.#seq++;
     const body = concat(header, attrBytes(attrs));
@@ -210,7 +224,7 @@ export class RtnlSocket {
     const view = new DataView(msg.buffer);
     view.setUint32(0, msg.length, true);
     view.setUint16(4, type, true);
-    view.setUint16(6, NLM_F_REQUEST | NLM_F_ACK | flags, true);
+    view.setUint16(6, flags, true);
     view.setUint32(8, seq, true);
     msg.set(body, 16);
     if (Number(c.write(this.#fd, msg, BigInt(msg.length))) !== msg.length) {
@@ -228,6 +242,7 @@ export class RtnlSocket {
         const mseq = rv.getUint32(off + 8, true);
         if (len < 16) break;
         if (mseq === seq) {
+          if (mtype === NLMSG_DONE) return replies;
           if (mtype === NLMSG_ERROR) {
             const code = -rv.getInt32(off + 16, true);
             if (code === 0) return replies;
@@ -242,10 +257,93 @@ export class RtnlSocket {
 
   /** The ifindex of `name` in this socket's netns; throws NetlinkError (19) when absent. */
   linkIndex(name: string): number {
-    const [reply] = this.request(`link ${name}`, RTM_GETLINK, 0, ifinfomsg(0, 0, 0), [[IFLA_IFNAME, cstr(name)]]);
-    if (!reply) throw new NetlinkError(`link ${name}`, 19);
-    return new DataView(reply.buffer, reply.byteOffset).getInt32(4, true);
+    const link = this.link(name);
+    if (!link) throw new NetlinkError(`link ${name}`, 19);
+    return link.index;
   }
+
+  /** `name`'s ifindex and MAC in this socket's netns, or null when there is no such link. */
+  link(name: string): { index: number; mac?: string } | null {
+    let reply: Uint8Array | undefined;
+    try {
+      [reply] = this.request(`link ${name}`, RTM_GETLINK, 0, ifinfomsg(0, 0, 0), [[IFLA_IFNAME, cstr(name)]]);
+    } catch (err) {
+      if (err instanceof NetlinkError && err.errno === 19) return null;
+      throw err;
+    }
+    if (!reply) return null;
+    const address = parseAttrs(reply, 16).get(IFLA_ADDRESS);
+    return {
+      index: new DataView(reply.buffer, reply.byteOffset).getInt32(4, true),
+      mac: address ? [...address].map((b) => b.toString(16).padStart(2, "0")).join(":") : undefined,
+    };
+  }
+}
+
+/** The attributes of a message payload after its fixed header of `offset` bytes, by type. */
+function parseAttrs(payload: Uint8Array, offset: number): Map<number, Uint8Array> {
+  const out = new Map<number, Uint8Array>();
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  for (let p = offset; p + 4 <= payload.length;) {
+    const len = view.getUint16(p, true);
+    if (len < 4) break;
+    const type = view.getUint16(p + 2, true) & 0x3fff; // without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+    if (!out.has(type)) out.set(type, payload.subarray(p + 4, p + len));
+    p += align4(len);
+  }
+  return out;
+}
+
+function ipFrom(bytes: Uint8Array): Ip {
+  let value = 0n;
+  for (const b of bytes) value = (value << 8n) | BigInt(b);
+  return { family: bytes.length === 4 ? 4 : 6, value };
+}
+
+/** The addresses on link `index` (every family and scope), as `ip addr show dev` lists them. */
+export function linkAddresses(sock: RtnlSocket, index: number): Cidr[] {
+  const out: Cidr[] = [];
+  for (const reply of sock.dump("list addresses", RTM_GETADDR, new Uint8Array(8))) {
+    const view = new DataView(reply.buffer, reply.byteOffset, reply.byteLength);
+    if (view.getUint32(4, true) !== index) continue;
+    const attrs = parseAttrs(reply, 8);
+    const bytes = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
+    if (bytes && (bytes.length === 4 || bytes.length === 16)) out.push({ ...ipFrom(bytes), prefix: reply[1] });
+  }
+  return out;
+}
+
+/** A route of the main table. */
+export interface MainRoute {
+  dst: Cidr;
+  gateway?: Ip;
+  /** Outgoing ifindex, when the route names one. */
+  oif?: number;
+}
+
+/** Every route of the main table (both families), as `ip route show table main` lists them. */
+export function mainRoutes(sock: RtnlSocket): MainRoute[] {
+  const out: MainRoute[] = [];
+  for (const reply of sock.dump("list routes", RTM_GETROUTE, new Uint8Array(12))) {
+    const family = reply[0];
+    if (family !== AF_INET && family !== AF_INET6) continue;
+    const attrs = parseAttrs(reply, 12);
+    const tableAttr = attrs.get(RTA_TABLE);
+    const table = tableAttr ? new DataView(tableAttr.buffer, tableAttr.byteOffset).getUint32(0, true) : reply[4];
+    if (table !== RT_TABLE_MAIN) continue;
+    const dstBytes = attrs.get(RTA_DST);
+    const dst: Cidr = dstBytes
+      ? { ...ipFrom(dstBytes), prefix: reply[1] }
+      : { family: family === AF_INET ? 4 : 6, value: 0n, prefix: 0 };
+    const gw = attrs.get(RTA_GATEWAY);
+    const oif = attrs.get(RTA_OIF);
+    out.push({
+      dst,
+      gateway: gw ? ipFrom(gw) : undefined,
+      oif: oif ? new DataView(oif.buffer, oif.byteOffset).getUint32(0, true) : undefined,
+    });
+  }
+  return out;
 }
 
 function extAckMessage(buf: Uint8Array, off: number, len: number, flags: number): string | undefined {

@@ -297,7 +297,7 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
 
   const podIndex = (prev.interfaces ?? []).findIndex((i) => i.name === env.ifname && i.sandbox);
   if (podIndex < 0) failed(`prevResult has no interface ${env.ifname} in a sandbox`);
-  const view = await inspectPod(env.netns, env.ifname);
+  const view = inspectPod(env.netns, env.ifname);
   if (!view.exists) failed(`interface ${env.ifname} does not exist in ${env.netns}`);
   const expected = (prev.ips ?? []).filter((i) => i.interface === undefined || i.interface === podIndex);
   for (const ip of expected) {
