@@ -1,9 +1,9 @@
 /**
  * The node's bridge and each pod's veth pair: naming, creation, pod-side
- * addressing and inspection. The per-pod steps (veth pair, pod side, DEL)
- * are rtnetlink requests through `netlink.ts`, with no process spawned; the
- * once-per-node bridge set-up and CHECK's inspection are built as data and
- * sent through `ip.ts`. Link facts are read from sysfs without spawning.
+ * addressing and inspection. The per-pod steps (veth pair, pod side,
+ * CHECK's inspection, DEL) are rtnetlink requests through `netlink.ts`,
+ * with no process spawned; the once-per-node bridge set-up and GC are
+ * built as data and sent through `ip.ts`. Link facts are read from sysfs.
  *
  * @module
  */
