@@ -18,9 +18,18 @@
  * @module
  */
 
-import { listLinks, listNetns, prefixFor, readRuleset, removeFirewall, run, SubnetAllocator } from "./host.ts";
+import {
+  listLinks,
+  listNetns,
+  prefixFor,
+  readRuleset,
+  removeFirewall,
+  run,
+  runStateFiles,
+  SubnetAllocator,
+} from "./host.ts";
 import { GNU_TIME, type Plugin, pontoonPlugin, REFERENCE_DIR, referencePlugin } from "./plugins.ts";
-import { formatTable, Recorder, type Report, type Slot } from "./report.ts";
+import { formatTable, judgeTargets, Recorder, type Report, type Slot } from "./report.ts";
 import {
   type BenchContext,
   type BenchOptions,
@@ -65,8 +74,9 @@ export const DEFAULTS: BenchOptions = {
   window: 50,
   calls: 50,
   iperfSeconds: 5,
+  iperfReps: 2,
   rssSamples: 5,
-  reps: 1,
+  reps: 3,
   masq: [false, true],
   only: [...SCENARIOS],
 };
@@ -80,6 +90,7 @@ export const SMOKE: BenchOptions = {
   window: 2,
   calls: 3,
   iperfSeconds: 1,
+  iperfReps: 1,
   rssSamples: 1,
   reps: 1,
   masq: [false, true],
@@ -166,6 +177,7 @@ export async function sweepRun(
   residue.push(
     ...(await listNetns()).filter((n) => n.startsWith(prefix)).map((n) => `netns: ${n}`),
     ...(await listLinks()).filter((n) => n.startsWith(`pb${ctx.runId}`)).map((n) => `link: ${n}`),
+    ...(await runStateFiles(ctx.runId)).map((f) => `pontoon state: ${f}`),
   );
   try {
     await Deno.stat(ctx.tmpDir);
@@ -291,6 +303,7 @@ export async function runBench(options: RunOptions): Promise<BenchResult> {
     notes: rec.notes,
     samples: rec.samples,
     residue,
+    targets: resolved.pontoon ? judgeTargets(rec.rows) : [],
   };
   const missing: Partial<Record<Slot, string>> = resolved.pontoon ? {} : { pontoon: "skipped" };
   const table = formatTable(rec.rows, missing);
@@ -310,6 +323,10 @@ export function formatSummary(result: BenchResult): string {
     `ratio = pontoon / reference (latency, wall, RSS: lower is better; Gbit/s, %: higher is better)`,
     `checks: ${passed}/${report.checks.length} passed; ${report.durationSeconds.toFixed(1)} s; ${result.resultsFile}`,
   ];
+  for (const t of report.targets) {
+    const value = t.value === undefined || !Number.isFinite(t.value) ? "—" : t.value.toFixed(2);
+    out.push(`target ${t.met ? "met   " : "MISSED"} ${t.bound.padEnd(14)} ${value.padStart(5)}  ${t.row}`);
+  }
   for (const n of report.notes) out.push(`note: ${n}`);
   for (const p of report.problems) out.push(`PROBLEM: ${p}`);
   return out.join("\n");
@@ -323,6 +340,7 @@ const USAGE = `usage: deno run -A bench/bench.ts [options]
   --window N            first/last pods compared in the many scenario (${DEFAULTS.window})
   --calls N             STATUS and VERSION calls per plugin (${DEFAULTS.calls})
   --iperf-seconds N     iperf3 test length (${DEFAULTS.iperfSeconds})
+  --iperf-reps N        iperf3 rounds per path, alternating, median (${DEFAULTS.iperfReps})
   --rss-samples N       ADD/DEL calls measured for peak RSS (${DEFAULTS.rssSamples})
   --reps N              repetitions of the concurrent scenario (${DEFAULTS.reps})
   --masq off,on         masquerade modes for pod scenarios (off,on)
@@ -341,6 +359,7 @@ const STRING_FLAGS = [
   "window",
   "calls",
   "iperf-seconds",
+  "iperf-reps",
   "rss-samples",
   "reps",
   "masq",
@@ -412,6 +431,7 @@ export function parseOptions(args: string[]): RunOptions | "help" {
     window: count("window", base.window),
     calls: count("calls", base.calls),
     iperfSeconds: count("iperf-seconds", base.iperfSeconds),
+    iperfReps: count("iperf-reps", base.iperfReps),
     rssSamples: count("rss-samples", base.rssSamples),
     reps: count("reps", base.reps),
     masq,

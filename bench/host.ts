@@ -394,3 +394,42 @@ export async function ipamLeftovers(
   }
   return found;
 }
+
+/** Where Pontoon keeps its per-node markers and node locks (`lib/nodestate.ts`). */
+export const PONTOON_STATE_DIR = "/run/pontoon/state";
+
+/**
+ * Pontoon's marker and lock files for one bridge and one network name
+ * (`<netns inode>-bridge-<bridge>`, `<netns inode>-masq-<network>`, each
+ * with a `.lock` beside it).
+ */
+export async function nodeStateFiles(bridge: string, network: string): Promise<string[]> {
+  const wanted = [`-bridge-${bridge}`, `-masq-${network}`];
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(PONTOON_STATE_DIR)) {
+      const base = e.name.replace(/\.lock$/, "");
+      if (wanted.some((w) => base.endsWith(w) && /^\d+$/.test(base.slice(0, base.length - w.length)))) {
+        out.push(`${PONTOON_STATE_DIR}/${e.name}`);
+      }
+    }
+  } catch {
+    // No state directory: nothing to list.
+  }
+  return out;
+}
+
+/** Every Pontoon state file naming something of run `runId`. */
+export async function runStateFiles(runId: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(PONTOON_STATE_DIR)) {
+      if (e.name.includes(`-bridge-pb${runId}`) || e.name.includes(`-masq-pbench-${runId}-`)) {
+        out.push(`${PONTOON_STATE_DIR}/${e.name}`);
+      }
+    }
+  } catch {
+    // No state directory.
+  }
+  return out;
+}

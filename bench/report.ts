@@ -34,6 +34,54 @@ export interface Check {
   detail?: string;
 }
 
+/**
+ * A target from issue 4: a bound on the ratio (pontoon / reference) of the
+ * rows matching `metric`, or on Pontoon's own figure with `own`.
+ */
+export interface Target {
+  scenario: string;
+  metric: RegExp;
+  /** Upper bound (latency-like) or lower bound (throughput-like). */
+  max?: number;
+  min?: number;
+  /** Judge Pontoon's own figure (e.g. its growth factor), not the ratio. */
+  own?: boolean;
+}
+
+/** The issue's targets, in the order the closing note lists them. */
+export const TARGETS: Target[] = [
+  { scenario: "sequential", metric: /^ADD p50, .*masq on$/, max: 0.6 },
+  { scenario: "sequential", metric: /^ADD p50, .*masq off$/, max: 1.0 },
+  { scenario: "sequential", metric: /^DEL p50, /, max: 1.0 },
+  { scenario: "concurrent", metric: /^ADD wall, /, max: 0.8 },
+  { scenario: "many", metric: /^ADD growth last\/first, /, max: 1.2, own: true },
+  { scenario: "throughput", metric: /^pod→pod over the bridge, /, min: 1.0 },
+];
+
+/** One target judged against one row. */
+export interface TargetResult {
+  row: string;
+  value?: number;
+  bound: string;
+  met: boolean;
+}
+
+/** Judges every target against the rows it matches. */
+export function judgeTargets(rows: readonly Row[], targets: readonly Target[] = TARGETS): TargetResult[] {
+  const out: TargetResult[] = [];
+  for (const t of targets) {
+    for (const r of rows.filter((r) => r.scenario === t.scenario && t.metric.test(r.metric))) {
+      const value = t.own ? r.pontoon : r.ratio;
+      const what = t.own ? "pontoon" : "ratio";
+      const bound = t.max !== undefined ? `${what} ≤ ${t.max}` : `${what} ≥ ${t.min}`;
+      const met = value !== undefined && Number.isFinite(value) &&
+        (t.max === undefined || value <= t.max) && (t.min === undefined || value >= t.min);
+      out.push({ row: `${r.scenario}: ${r.metric}`, value, bound, met });
+    }
+  }
+  return out;
+}
+
 /** The JSON document a run writes under the results directory. */
 export interface Report {
   startedAt: string;
@@ -50,6 +98,8 @@ export interface Report {
   samples: Record<string, number[]>;
   /** Anything of this run still on the host after clean-up. */
   residue: string[];
+  /** The issue's targets, judged on this run. */
+  targets: TargetResult[];
 }
 
 /** Nearest-rank percentile of `values` (0 < p ≤ 100). */

@@ -19,6 +19,7 @@ import {
   netnsAddresses,
   netnsHasLink,
   netnsPath,
+  nodeStateFiles,
   ping,
   pool,
   readRuleset,
@@ -66,6 +67,8 @@ export interface BenchOptions {
   calls: number;
   /** iperf3 test length. */
   iperfSeconds: number;
+  /** iperf3 rounds per path (plugins' bridges and the veth pair alternate); medians are reported. */
+  iperfReps: number;
   /** ADD/DEL calls measured for peak RSS, per plugin. */
   rssSamples: number;
   /** Repetitions of the concurrent wall-time scenario, per plugin. */
@@ -354,7 +357,8 @@ export class TestNetwork {
   /**
    * Removes everything: DELs pods still added (netns present, so the
    * plugin can clean its per-pod rules), deletes the netns, the firewall
-   * objects naming this network or its pods, the bridge and the IPAM dir.
+   * objects naming this network or its pods, the bridge, the IPAM dir and
+   * Pontoon's node markers for the bridge and network.
    */
   async destroy(): Promise<void> {
     await pool(this.pods.filter((p) => p.added), 10, async (p) => {
@@ -371,6 +375,9 @@ export class TestNetwork {
     });
     await deleteLink(this.spec.bridge);
     await Deno.remove(this.spec.dataDir, { recursive: true }).catch(() => {});
+    // Pontoon's markers for the bridge and network (harmless once the
+    // bridge is gone, but the run should leave nothing).
+    for (const f of await nodeStateFiles(this.spec.bridge, this.spec.name)) await Deno.remove(f).catch(() => {});
   }
 }
 
@@ -659,44 +666,36 @@ export async function iperf(
   }
 }
 
-/** iperf3 between two namespaces joined by a plain veth pair. */
-async function vethBaseline(ctx: BenchContext): Promise<number> {
+/** Two namespaces joined by a plain veth pair: the baseline path. */
+async function vethPair(
+  ctx: BenchContext,
+): Promise<{ server: string; serverIp: string; client: string; remove(): Promise<void> }> {
   const n = ++ctx.serial;
   const a = `pbench-${ctx.runId}-v${n}-a`;
   const b = `pbench-${ctx.runId}-v${n}-b`;
   ctx.markers.words.push(a, b);
   const [base] = ctx.subnets.allocate().split("/");
   const prefix = base.split(".").slice(0, 3).join(".");
+  const remove = () => deleteNetns([a, b]);
   try {
     await addNetns([a, b]);
-    await run("ip", [
-      "link",
-      "add",
-      "eth0",
-      "netns",
-      a,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      b,
-    ]);
+    await run("ip", ["link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "eth0", "netns", b]);
     for (const [ns, host] of [[a, 1], [b, 2]] as const) {
       await run("ip", ["-n", ns, "-batch", "-"], {
         stdin: `addr add ${prefix}.${host}/24 dev eth0\nlink set eth0 up\nlink set lo up\n`,
       });
     }
-    return await iperf(a, `${prefix}.1`, b, ctx.options.iperfSeconds);
-  } finally {
-    await deleteNetns([a, b]);
+  } catch (e) {
+    await remove();
+    throw e;
   }
+  return { server: a, serverIp: `${prefix}.1`, client: b, remove };
 }
 
 /**
- * Pod-to-pod TCP throughput across one bridge, each run next to a plain
- * veth-pair baseline so both see the same moment of machine noise.
+ * Pod-to-pod TCP throughput across one bridge per plugin, against a plain
+ * veth pair: all three paths exist at once and take turns (`iperfReps`
+ * rounds, order alternating), so machine noise lands on each; medians.
  */
 export async function throughputScenario(
   ctx: BenchContext,
@@ -705,23 +704,43 @@ export async function throughputScenario(
 ): Promise<void> {
   const scenario = "throughput";
   const secs = ctx.options.iperfSeconds;
-  for (const sp of ordered(ctx.plugins, repetition)) {
-    checkAbort(ctx);
-    await withNetworks(ctx, [sp], scenario, ipMasq, async ([net]) => {
+  await withNetworks(ctx, ctx.plugins, scenario, ipMasq, async (nets) => {
+    const paths: { slot?: Slot; server: string; serverIp: string; client: string; gbps: number[] }[] = [];
+    for (const net of nets) {
       const [server, client] = await net.makePods(2);
       for (const pod of [server, client]) await net.add(pod);
       await net.verifyAdded();
-      if (!server.ip || !client.ip) throw new Error("pods have no address");
-      const bridged = await iperf(server.id, server.ip, client.id, secs);
-      const veth = await vethBaseline(ctx);
-      for (const pod of [server, client]) await net.del(pod);
+      if (!server.ip || !client.ip) throw new Error(`${net.slot}: pods have no address`);
+      paths.push({ slot: net.slot, server: server.id, serverIp: server.ip, client: client.id, gbps: [] });
+    }
+    const veth = await vethPair(ctx);
+    try {
+      paths.push({ ...veth, gbps: [] });
+      for (let rep = 0; rep < ctx.options.iperfReps; rep++) {
+        for (const path of ordered(paths, repetition + rep)) {
+          checkAbort(ctx);
+          path.gbps.push((await iperf(path.server, path.serverIp, path.client, secs)) / 1e9);
+        }
+      }
+    } finally {
+      await veth.remove();
+    }
+    for (const net of nets) {
+      for (const pod of net.pods) await net.del(pod);
       await net.verifyDeleted();
-      const what = `iperf3 ${secs} s, ${masqLabel(ipMasq)}`;
-      ctx.rec.figure(scenario, `pod→pod over the bridge, ${what}`, "Gbit/s", sp.slot, bridged / 1e9);
-      ctx.rec.figure(scenario, `plain veth pair beside it, ${what}`, "Gbit/s", sp.slot, veth / 1e9);
-      ctx.rec.figure(scenario, `bridge as % of veth, ${what}`, "%", sp.slot, (100 * bridged) / veth);
-    });
-  }
+    }
+    const vethGbps = median(paths[paths.length - 1].gbps);
+    const what = `iperf3 ${secs} s × ${ctx.options.iperfReps}, ${masqLabel(ipMasq)}`;
+    for (const path of paths) {
+      if (!path.slot) continue;
+      const bridged = median(path.gbps);
+      ctx.rec.sample(`${scenario}/Gbit/s ${masqLabel(ipMasq)}/${path.slot}`, path.gbps);
+      ctx.rec.figure(scenario, `pod→pod over the bridge, ${what}`, "Gbit/s", path.slot, bridged);
+      ctx.rec.figure(scenario, `plain veth pair, same rounds, ${what}`, "Gbit/s", path.slot, vethGbps);
+      ctx.rec.figure(scenario, `bridge as % of veth, ${what}`, "%", path.slot, (100 * bridged) / vethGbps);
+    }
+    ctx.rec.sample(`${scenario}/Gbit/s ${masqLabel(ipMasq)}/veth`, paths[paths.length - 1].gbps);
+  });
 }
 
 /** Peak RSS of one plugin process for ADD and DEL (under GNU time). */

@@ -1,12 +1,14 @@
 /**
- * IP addresses and prefixes as plain data, on top of `ipaddr.js`.
+ * IP addresses and prefixes as plain data.
  *
  * Addresses are kept as bigints so range arithmetic (next address,
- * containment, size) is exact for IPv4 and IPv6 alike.
+ * containment, size) is exact for IPv4 and IPv6 alike. Parsing and
+ * formatting are written out here rather than taken from `ipaddr.js`: that
+ * package is CommonJS, and bundling it pulls Deno's Node layer
+ * (`node:module`) into the plugin's start-up, about 13 ms on every call.
  *
  * @module
  */
-import ipaddr from "ipaddr.js";
 
 /** 4 for IPv4, 6 for IPv6. */
 export type Family = 4 | 6;
@@ -29,23 +31,65 @@ export function familyBits(family: Family): number {
   return BITS[family];
 }
 
+const DOTTED_QUAD = /^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})$/;
+const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
+
+function parseIpv4(text: string): bigint | null {
+  const m = DOTTED_QUAD.exec(text);
+  if (!m) return null;
+  let value = 0n;
+  for (let i = 1; i <= 4; i++) {
+    const octet = Number(m[i]);
+    if (octet > 255) return null;
+    value = (value << 8n) | BigInt(octet);
+  }
+  return value;
+}
+
+/** 16-bit groups of one side of `::`; a trailing dotted quad counts as two. */
+function ipv6Groups(text: string, last: boolean): number[] | null {
+  if (text === "") return [];
+  const parts = text.split(":");
+  const groups: number[] = [];
+  for (const [i, part] of parts.entries()) {
+    if (last && i === parts.length - 1 && part.includes(".")) {
+      const v4 = parseIpv4(part);
+      if (v4 === null) return null;
+      groups.push(Number(v4 >> 16n), Number(v4 & 0xffffn));
+    } else if (HEX_GROUP.test(part)) {
+      groups.push(parseInt(part, 16));
+    } else {
+      return null;
+    }
+  }
+  return groups;
+}
+
+function parseIpv6(text: string): bigint | null {
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
+  const head = ipv6Groups(halves[0], halves.length === 1);
+  const tail = halves.length === 2 ? ipv6Groups(halves[1], true) : [];
+  if (head === null || tail === null) return null;
+  const missing = 8 - head.length - tail.length;
+  // Without `::` there must be exactly 8 groups; `::` stands for at least one.
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return null;
+  let value = 0n;
+  for (const g of [...head, ...new Array(halves.length === 2 ? missing : 0).fill(0), ...tail]) {
+    value = (value << 16n) | BigInt(g);
+  }
+  return value;
+}
+
 /** Parses a strict dotted-quad IPv4 or an IPv6 address; null when invalid. */
 export function parseIp(text: string): Ip | null {
   if (typeof text !== "string") return null;
-  let bytes: number[];
-  let family: Family;
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
-    bytes = ipaddr.IPv4.parse(text).toByteArray();
-    family = 4;
-  } else if (text.includes(":") && ipaddr.IPv6.isValid(text) && !text.includes("%")) {
-    bytes = ipaddr.IPv6.parse(text).toByteArray();
-    family = 6;
-  } else {
-    return null;
+  if (text.includes(":")) {
+    const value = parseIpv6(text);
+    return value === null ? null : { family: 6, value };
   }
-  let value = 0n;
-  for (const b of bytes) value = (value << 8n) | BigInt(b);
-  return { family, value };
+  const value = parseIpv4(text);
+  return value === null ? null : { family: 4, value };
 }
 
 /** Parses `addr/prefix`; null when either part is invalid. */
@@ -63,14 +107,27 @@ export function parseCidr(text: string): Cidr | null {
 
 /** Formats an address in its canonical text form (RFC 5952 for IPv6). */
 export function formatIp(ip: Ip): string {
-  const count = BITS[ip.family] / 8;
-  const bytes: number[] = new Array(count);
-  let v = ip.value;
-  for (let i = count - 1; i >= 0; i--) {
-    bytes[i] = Number(v & 0xffn);
-    v >>= 8n;
+  if (ip.family === 4) {
+    return [24n, 16n, 8n, 0n].map((shift) => String((ip.value >> shift) & 0xffn)).join(".");
   }
-  return ipaddr.fromByteArray(bytes).toString();
+  const groups: number[] = [];
+  for (let shift = 112n; shift >= 0n; shift -= 16n) groups.push(Number((ip.value >> shift) & 0xffffn));
+  // RFC 5952 4.2: the first longest run of two or more zero groups becomes `::`.
+  let bestStart = -1;
+  let bestLength = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+    i = j;
+  }
+  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(":");
+  if (bestStart < 0) return hex(groups);
+  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
 }
 
 /** Formats `addr/prefix`. */

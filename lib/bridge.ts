@@ -1,14 +1,28 @@
 /**
  * The node's bridge and each pod's veth pair: naming, creation, pod-side
- * addressing and inspection. Commands are built as data and sent through
- * `ip.ts`; link facts are read from sysfs without spawning.
+ * addressing and inspection. The per-pod steps (veth pair, pod side,
+ * CHECK's inspection, DEL) are rtnetlink requests through `netlink.ts`,
+ * with no process spawned; the once-per-node bridge set-up and GC are
+ * built as data and sent through `ip.ts`. Link facts are read from sysfs.
  *
  * @module
  */
 import { type Cidr, contains, formatCidr, formatIp, type Ip, parseCidr } from "./addr.ts";
 import { CniError, ErrorCode } from "./errors.ts";
-import { type IpCommand, IpError, runBatch, runBatchOrThrow, runBridgeBatch, showJson, showJsonMany } from "./ip.ts";
-import { markerMatches, writeMarker } from "./nodestate.ts";
+import { type IpCommand, runBatch, runBatchOrThrow, runBridgeBatch, showJson } from "./ip.ts";
+import {
+  addAddress,
+  addRoute,
+  createVeth,
+  deleteLink,
+  linkAddresses,
+  mainRoutes,
+  NetlinkError,
+  RtnlSocket,
+  setLinkUp,
+} from "./netlink.ts";
+import { inNetns, withNetnsFd } from "./netns.ts";
+import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
 import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin } from "./sysfs.ts";
 
 /** Prefix of every host-side veth Pontoon creates. */
@@ -59,15 +73,22 @@ export interface BridgeSpec {
 /**
  * Makes sure the bridge exists, is up and holds the gateway addresses; sets
  * node sysctls. Fast when a marker says this was already done for the same
- * bridge (same ifindex) and spec. Safe when many ADDs race on a fresh node.
- * Returns the bridge's MAC.
+ * bridge (same ifindex) and spec. When many ADDs race on a fresh node, one
+ * sets the bridge up under a node lock; the others wait and find the
+ * marker. Returns the bridge's MAC.
  */
 export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   const key = JSON.stringify({ ...spec, gateways: spec.gateways.map(formatCidr) });
+  const done = () => {
+    const index = linkIndex(spec.name);
+    return index !== null && markerMatches("bridge", spec.name, `${index} ${key}`);
+  };
+  if (!done()) await withNodeLock("bridge", spec.name, () => done() ? Promise.resolve() : setUpBridge(spec, key));
+  return linkMac(spec.name) ?? "";
+}
+
+async function setUpBridge(spec: BridgeSpec, key: string): Promise<void> {
   const index = linkIndex(spec.name);
-  if (index !== null && markerMatches("bridge", spec.name, `${index} ${key}`)) {
-    return linkMac(spec.name) ?? "";
-  }
   if (index === null) await createBridge(spec);
   if (!(await becomesBridge(spec.name))) {
     throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
@@ -81,7 +102,6 @@ export async function ensureBridge(spec: BridgeSpec): Promise<string> {
   }
   setNodeSysctls(spec.forwardFamilies);
   writeMarker("bridge", spec.name, `${linkIndex(spec.name)} ${key}`);
-  return linkMac(spec.name) ?? "";
 }
 
 /**
@@ -179,37 +199,37 @@ export interface VethSpec {
   vlan?: number;
 }
 
+let hostSocket: RtnlSocket | undefined;
+
+/** The rtnetlink socket of the node's netns, opened on first use. */
+function nodeSocket(): RtnlSocket {
+  hostSocket ??= RtnlSocket.open();
+  return hostSocket;
+}
+
 /**
  * Creates the veth pair in one netlink request: host end on the bridge and
  * up, pod end named `pod` inside the netns. Fails with code 103 when the
  * pod already has an interface of that name.
  */
 export async function addVeth(spec: VethSpec): Promise<void> {
-  const result = await runBatch([[
-    "link",
-    "add",
-    spec.host,
-    "mtu",
-    String(spec.mtu),
-    "address",
-    spec.hostMac,
-    "master",
-    spec.bridge,
-    "up",
-    "type",
-    "veth",
-    "peer",
-    "name",
-    spec.pod,
-    "mtu",
-    String(spec.mtu),
-    "address",
-    spec.podMac,
-    "netns",
-    spec.netns,
-  ]]);
-  if (!result.ok) {
-    if (/File exists/.test(result.stderr)) {
+  const master = linkIndex(spec.bridge);
+  if (master === null) {
+    throw new CniError(ErrorCode.SystemFailure, `cannot create veth ${spec.host}: bridge ${spec.bridge} is gone`);
+  }
+  try {
+    withNetnsFd(spec.netns, (netnsFd) =>
+      createVeth(nodeSocket(), {
+        host: spec.host,
+        hostMac: spec.hostMac,
+        mtu: spec.mtu,
+        masterIndex: master,
+        pod: spec.pod,
+        podMac: spec.podMac,
+        netnsFd,
+      }));
+  } catch (err) {
+    if (err instanceof NetlinkError && err.errno === 17) {
       throw new CniError(
         ErrorCode.InterfaceExists,
         linkExists(spec.host)
@@ -217,7 +237,7 @@ export async function addVeth(spec: VethSpec): Promise<void> {
           : `interface ${spec.pod} already exists in ${spec.netns}`,
       );
     }
-    throw new CniError(ErrorCode.SystemFailure, `cannot create veth ${spec.host}: ${result.stderr.trim()}`);
+    throw new CniError(ErrorCode.SystemFailure, `cannot create veth ${spec.host}: ${(err as Error).message}`);
   }
   if (spec.hairpin) setHairpin(spec.host, true);
   if (spec.vlan) {
@@ -230,11 +250,14 @@ export async function addVeth(spec: VethSpec): Promise<void> {
 }
 
 /** Deletes a host veth (its pod end goes with it); absent is fine. */
-export async function removeVeth(host: string): Promise<void> {
+export function removeVeth(host: string): void {
   if (!linkExists(host)) return;
-  const result = await runBatch([["link", "del", host]]);
-  if (!result.ok && linkExists(host)) {
-    throw new IpError(["link", "del", host], result.stderr);
+  try {
+    deleteLink(nodeSocket(), host);
+  } catch (err) {
+    if (linkExists(host)) {
+      throw new CniError(ErrorCode.SystemFailure, `cannot delete ${host}: ${(err as Error).message}`);
+    }
   }
 }
 
@@ -270,27 +293,26 @@ export interface PodSpec {
   dad: boolean;
 }
 
-/** The pod-side `ip` commands: addresses, link up, routes. */
-export function podCommands(spec: PodSpec): IpCommand[] {
-  const commands: IpCommand[] = spec.addresses.map((a) => [
-    "addr",
-    "add",
-    formatCidr(a),
-    "dev",
-    spec.ifname,
-    ...(a.family === 6 && !spec.dad ? ["nodad"] : []),
-  ]);
-  commands.push(["link", "set", "dev", spec.ifname, "up"]);
-  for (const r of spec.routes) {
-    const dst = r.dst.prefix === 0 ? (r.dst.family === 4 ? "0.0.0.0/0" : "::/0") : formatCidr(r.dst);
-    commands.push(["route", "add", dst, ...(r.gw ? ["via", formatIp(r.gw)] : []), "dev", spec.ifname]);
+/**
+ * Configures the pod side (addresses, link up, routes, in that order)
+ * through a netlink socket opened inside the pod's netns.
+ */
+export function configurePod(spec: PodSpec): void {
+  const sock = inNetns(spec.netns, () => RtnlSocket.open());
+  try {
+    const index = sock.linkIndex(spec.ifname);
+    for (const a of spec.addresses) addAddress(sock, index, a, a.family === 6 && !spec.dad);
+    setLinkUp(sock, index, spec.ifname);
+    for (const r of spec.routes) {
+      const dst = r.dst.prefix === 0 ? (r.dst.family === 4 ? "0.0.0.0/0" : "::/0") : formatCidr(r.dst);
+      addRoute(sock, index, r.dst, r.gw, `add route ${dst}${r.gw ? ` via ${formatIp(r.gw)}` : ""} dev ${spec.ifname}`);
+    }
+  } catch (err) {
+    const message = (err as Error).message;
+    throw new CniError(ErrorCode.SystemFailure, `configuring ${spec.ifname} in ${spec.netns}: ${message}`);
+  } finally {
+    sock.close();
   }
-  return commands;
-}
-
-/** Configures the pod side in one `ip -batch` run inside its netns. */
-export async function configurePod(spec: PodSpec): Promise<void> {
-  await runBatchOrThrow(podCommands(spec), { netns: spec.netns });
 }
 
 /** What CHECK sees inside the pod. */
@@ -301,25 +323,27 @@ export interface PodView {
   routes: { dst: string; gateway?: string; dev?: string }[];
 }
 
-/** Reads the pod interface's addresses and the pod's main routes in one spawn. */
-export async function inspectPod(netns: string, ifname: string): Promise<PodView> {
-  const [links, routes] = await showJsonMany(
-    [["addr", "show", "dev", ifname], ["route", "show", "table", "all"]],
-    { netns },
-  ) as [
-    { address?: string; addr_info?: AddrInfo[] }[],
-    { dst: string; gateway?: string; dev?: string; table?: string }[],
-  ];
-  const link = links[0];
-  if (!link) return { exists: false, addresses: [], routes: [] };
-  return {
-    exists: true,
-    mac: link.address,
-    addresses: (link.addr_info ?? []).map((a) => parseCidr(`${a.local}/${a.prefixlen}`)).filter((c): c is Cidr =>
-      c !== null
-    ),
-    routes: routes.filter((r) => r.table === undefined),
-  };
+/** Reads the pod interface's addresses and the pod's main-table routes over netlink inside its netns. */
+export function inspectPod(netns: string, ifname: string): PodView {
+  const sock = inNetns(netns, () => RtnlSocket.open());
+  try {
+    const link = sock.link(ifname);
+    if (!link) return { exists: false, addresses: [], routes: [] };
+    return {
+      exists: true,
+      mac: link.mac,
+      addresses: linkAddresses(sock, link.index),
+      routes: mainRoutes(sock).map((r) => ({
+        dst: r.dst.prefix === 0 ? "default" : formatCidr(r.dst),
+        gateway: r.gateway ? formatIp(r.gateway) : undefined,
+        dev: r.oif === link.index ? ifname : undefined,
+      })),
+    };
+  } catch (err) {
+    throw new CniError(ErrorCode.SystemFailure, `inspecting ${ifname} in ${netns}: ${(err as Error).message}`);
+  } finally {
+    sock.close();
+  }
 }
 
 /** The bridge's global (non-link-local) addresses with their prefix; empty when it is absent. */

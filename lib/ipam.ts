@@ -22,6 +22,7 @@
 import { formatIp, type Ip, parseIp } from "./addr.ts";
 import type { Attachment, IpRange, RangeSet } from "./config.ts";
 import { CniError, ErrorCode } from "./errors.ts";
+import { pathExists } from "./libc.ts";
 
 const LAST_RESERVED = "last_reserved_ip.";
 const INDEX_DIR = "attachments";
@@ -91,13 +92,9 @@ export class IpamStore {
 
   /** The owner recorded in an address file, or null when the address is free. */
   ownerOf(ip: string): Attachment | null {
-    let text: string;
-    try {
-      text = decoder.decode(Deno.readFileSync(`${this.dir}/${ip}`));
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return null;
-      throw err;
-    }
+    const bytes = readIfPresent(`${this.dir}/${ip}`);
+    if (bytes === null) return null;
+    const text = decoder.decode(bytes);
     const [containerId = "", ifname = ""] = text.split(/\r?\n/);
     return { containerId: containerId.trim(), ifname: ifname.trim() };
   }
@@ -117,13 +114,14 @@ export class IpamStore {
 
   /** The index record of an attachment, or null. */
   readIndex(att: Attachment): AttachmentRecord | null {
+    const bytes = readIfPresent(this.#indexPath(att));
+    if (bytes === null) return null;
     try {
-      const record = JSON.parse(decoder.decode(Deno.readFileSync(this.#indexPath(att))));
+      const record = JSON.parse(decoder.decode(bytes));
       // Its addresses become file names: anything but a list of addresses is not ours.
       const ips: unknown = record?.ips;
       return Array.isArray(ips) && ips.every((ip) => parseIp(ip) !== null) ? record : null;
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) return null;
       if (err instanceof SyntaxError) return null;
       throw err;
     }
@@ -220,7 +218,24 @@ function ownedBy(holder: Attachment, att: Attachment): boolean {
   return holder.containerId === att.containerId && (holder.ifname === "" || holder.ifname === att.ifname);
 }
 
+/**
+ * A file's bytes, or null when it does not exist. Absence is the common
+ * case on ADD (no index yet, free candidate addresses), so it is checked
+ * first rather than caught: the first error a Deno process throws costs
+ * about 2 ms, a sizeable share of a plugin call.
+ */
+function readIfPresent(path: string): Uint8Array | null {
+  if (!pathExists(path)) return null;
+  try {
+    return Deno.readFileSync(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+}
+
 function removeIfPresent(path: string): void {
+  if (!pathExists(path)) return;
   try {
     Deno.removeSync(path);
   } catch (err) {

@@ -57,32 +57,53 @@ export function isOwnNetns(path: string): boolean {
 }
 
 /**
- * Spawns `command` inside the network namespace at `path`. The calling
- * thread enters the namespace, forks the child and returns, all
- * synchronously.
+ * Runs `fn` with the calling thread inside the network namespace at `path`
+ * and returns to the node's namespace before returning. `fn` must be fully
+ * synchronous (no await): async work would run on threads elsewhere.
  */
-export function spawnInNetns(path: string, command: Deno.Command): Deno.ChildProcess {
+export function inNetns<T>(path: string, fn: () => T): T {
   const c = libc();
   const home = openFd(OWN_NETNS, O_RDONLY);
   let target = -1;
   try {
     target = openFd(path, O_RDONLY);
     if (c.setns(target, CLONE_NEWNET) !== 0) throw new LibcError("setns", path, errno());
-    let child: Deno.ChildProcess | undefined;
-    let spawnError: unknown;
+    let value: T | undefined;
+    let failure: unknown;
+    let failed = false;
     try {
-      child = command.spawn();
+      value = fn();
     } catch (err) {
-      spawnError = err;
+      failed = true;
+      failure = err;
     }
     if (c.setns(home, CLONE_NEWNET) !== 0) {
       // Staying in the pod's namespace would corrupt every later step.
       throw new Error(`cannot return to the host network namespace (errno ${errno()})`);
     }
-    if (!child) throw spawnError;
-    return child;
+    if (failed) throw failure;
+    return value as T;
   } finally {
     if (target >= 0) c.close(target);
     c.close(home);
   }
+}
+
+/** Runs `fn` with an open fd of the netns file at `path` (closed afterwards). */
+export function withNetnsFd<T>(path: string, fn: (fd: number) => T): T {
+  const fd = openFd(path, O_RDONLY);
+  try {
+    return fn(fd);
+  } finally {
+    libc().close(fd);
+  }
+}
+
+/**
+ * Spawns `command` inside the network namespace at `path`. The calling
+ * thread enters the namespace, forks the child and returns, all
+ * synchronously.
+ */
+export function spawnInNetns(path: string, command: Deno.Command): Deno.ChildProcess {
+  return inNetns(path, () => command.spawn());
 }

@@ -5,7 +5,9 @@
  * simulated nodes on one machine never share one.
  *
  * A marker only skips work; when it is missing or different, the caller
- * does the work again, idempotently.
+ * does the work again, idempotently. `withNodeLock` makes the first wave of
+ * racing ADDs on a fresh node do that work once: one builds, the others
+ * wait and then find the marker.
  *
  * @module
  */
@@ -51,4 +53,21 @@ export function clearMarker(kind: string, name: string): void {
   try {
     Deno.removeSync(markerPath(kind, name));
   } catch { /* already gone */ }
+}
+
+/**
+ * Runs `fn` holding an exclusive node-wide `flock` for `kind/name` (a lock
+ * file beside the marker; a killed holder releases it). Callers re-check
+ * the marker inside, since another process may have done the work while
+ * this one waited.
+ */
+export async function withNodeLock<T>(kind: string, name: string, fn: () => Promise<T>): Promise<T> {
+  Deno.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
+  const file = Deno.openSync(`${markerPath(kind, name)}.lock`, { read: true, write: true, create: true, mode: 0o600 });
+  try {
+    file.lockSync(true);
+    return await fn();
+  } finally {
+    file.close();
+  }
 }

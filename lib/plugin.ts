@@ -28,7 +28,7 @@ import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
 import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
-import { markerMatches, writeMarker } from "./nodestate.ts";
+import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
 import { appendResult, fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
 import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
@@ -72,7 +72,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     );
   }
   const podMac = chooseMac(env, conf);
-  const undo: (() => Promise<void>)[] = [];
+  const undo: (() => void | Promise<void>)[] = [];
   try {
     const ipam = await reserveIpam(env, conf);
     if (ipam.undo) undo.push(ipam.undo);
@@ -109,7 +109,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     faultPoint("after-veth");
 
     const routes = podRoutes(conf, ipam);
-    await configurePod({
+    configurePod({
       netns: env.netns,
       ifname: env.ifname,
       addresses: ipam.ips.map((i) => i.address),
@@ -139,7 +139,11 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
     // concurrent ADD of this same attachment owns it and the reservation.
     const raced = err instanceof CniError && err.code === ErrorCode.InterfaceExists && linkExists(host);
     for (const step of raced ? [] : undo.reverse()) {
-      await step().catch((e) => log("error", "undo step failed", { error: String(e) }));
+      try {
+        await step();
+      } catch (e) {
+        log("error", "undo step failed", { error: String(e) });
+      }
     }
     throw err;
   }
@@ -203,8 +207,11 @@ async function ensureMasquerade(conf: NetConf, ipam: IpamOutcome): Promise<void>
     : ipam.ips.map((i) => canonicalNetwork(i.address));
   const script = masqueradeScript(conf.name, subnets);
   if (markerMatches("masq", conf.name, script)) return;
-  await runNftScript(script);
-  writeMarker("masq", conf.name, script);
+  await withNodeLock("masq", conf.name, async () => {
+    if (markerMatches("masq", conf.name, script)) return;
+    await runNftScript(script);
+    writeMarker("masq", conf.name, script);
+  });
 }
 
 // ------------------------------------------------------------- IPAM
@@ -273,7 +280,7 @@ async function releaseIpam(env: CniEnv, conf: NetConf): Promise<void> {
 async function cmdDel({ env, conf }: Invocation): Promise<void> {
   // Best effort and idempotent: the netns may be empty, gone or never
   // added; the host veth name and the IPAM index need none of it.
-  await removeVeth(hostVethName(env.containerId, env.ifname));
+  removeVeth(hostVethName(env.containerId, env.ifname));
   faultPoint("del-after-veth");
   await releaseIpam(env, conf);
 }
@@ -298,7 +305,7 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
 
   const podIndex = (prev.interfaces ?? []).findIndex((i) => i.name === env.ifname && i.sandbox);
   if (podIndex < 0) failed(`prevResult has no interface ${env.ifname} in a sandbox`);
-  const view = await inspectPod(env.netns, env.ifname);
+  const view = inspectPod(env.netns, env.ifname);
   if (!view.exists) failed(`interface ${env.ifname} does not exist in ${env.netns}`);
   const expected = (prev.ips ?? []).filter((i) => i.interface === undefined || i.interface === podIndex);
   for (const ip of expected) {

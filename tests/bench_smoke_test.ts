@@ -7,10 +7,10 @@
  * @module
  */
 
-import { formatSummary, REPO_ROOT, runBench, SMOKE } from "./bench.ts";
-import { listLinks, listNetns, readRuleset } from "./host.ts";
-import { REFERENCE_DIR } from "./plugins.ts";
-import { SCENARIOS } from "./scenarios.ts";
+import { formatSummary, REPO_ROOT, runBench, SMOKE } from "../bench/bench.ts";
+import { listLinks, listNetns, readRuleset } from "../bench/host.ts";
+import { REFERENCE_DIR } from "../bench/plugins.ts";
+import { SCENARIOS } from "../bench/scenarios.ts";
 
 const pontoonBin = `${REPO_ROOT}/dist/pontoon`;
 
