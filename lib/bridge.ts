@@ -19,6 +19,7 @@ import {
   mainRoutes,
   NetlinkError,
   RtnlSocket,
+  setLinkAlias,
   setLinkUp,
 } from "./netlink.ts";
 import { inNetns, withNetnsFd } from "./netns.ts";
@@ -41,6 +42,14 @@ function fnv1a64(text: string): string {
 /** The host-side veth name for an attachment: deterministic, 14 bytes. */
 export function hostVethName(containerId: string, ifname: string): string {
   return HOST_VETH_PREFIX + fnv1a64(`${containerId}\n${ifname}`).slice(0, 12);
+}
+
+/**
+ * The alias every host veth of `network` carries, so GC on a bridge that
+ * several networks share removes only its own network's ports.
+ */
+export function hostVethAlias(network: string): string {
+  return `pontoon:${network}`;
 }
 
 /** A stable, locally administered unicast MAC derived from `seed`. */
@@ -194,6 +203,8 @@ export interface VethSpec {
   podMac: string;
   netns: string;
   bridge: string;
+  /** The network's name, written into the host end's alias (`hostVethAlias`). */
+  network: string;
   mtu: number;
   hairpin: boolean;
   vlan?: number;
@@ -228,6 +239,7 @@ export async function addVeth(spec: VethSpec): Promise<void> {
         podMac: spec.podMac,
         netnsFd,
       }));
+    setLinkAlias(nodeSocket(), spec.host, hostVethAlias(spec.network));
   } catch (err) {
     if (err instanceof NetlinkError && err.errno === 17) {
       throw new CniError(
@@ -261,11 +273,17 @@ export function removeVeth(host: string): void {
   }
 }
 
-/** The names of the bridge's ports (empty when the bridge is absent). */
-export async function bridgePorts(bridge: string): Promise<string[]> {
+/** A port of a bridge: its name and alias (`ip link set … alias`), if any. */
+export interface BridgePort {
+  name: string;
+  alias?: string;
+}
+
+/** The bridge's ports (empty when the bridge is absent). */
+export async function bridgePorts(bridge: string): Promise<BridgePort[]> {
   if (!linkExists(bridge)) return [];
-  const links = await showJson<{ ifname: string }>(["link", "show", "master", bridge]);
-  return links.map((l) => l.ifname);
+  const links = await showJson<{ ifname: string; ifalias?: string }>(["link", "show", "master", bridge]);
+  return links.map((l) => ({ name: l.ifname, alias: l.ifalias }));
 }
 
 /** Deletes several host veths in one spawn, tolerating ones already gone. */

@@ -49,6 +49,7 @@ const IFLA_IFNAME = 3;
 const IFLA_MTU = 4;
 const IFLA_MASTER = 10;
 const IFLA_LINKINFO = 18;
+const IFLA_IFALIAS = 20;
 const IFLA_NET_NS_FD = 28;
 const IFLA_INFO_KIND = 1;
 const IFLA_INFO_DATA = 2;
@@ -411,6 +412,17 @@ export function deleteLink(sock: RtnlSocket, name: string): boolean {
     if (err instanceof NetlinkError && err.errno === 19) return false;
     throw err;
   }
+}
+
+/**
+ * Sets the alias (`ip link set NAME alias TEXT`) of link `name`. A separate
+ * request: the kernel ignores IFLA_IFALIAS when it creates a link.
+ */
+export function setLinkAlias(sock: RtnlSocket, name: string, alias: string): void {
+  sock.request(`set ${name} alias`, RTM_NEWLINK, 0, ifinfomsg(0, 0, 0), [
+    [IFLA_IFNAME, cstr(name)],
+    [IFLA_IFALIAS, encoder.encode(alias)],
+  ]);
 }
 
 /** Sets link `index` up. */

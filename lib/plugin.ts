@@ -13,6 +13,7 @@ import {
   configurePod,
   ensureBridge,
   HOST_VETH_PREFIX,
+  hostVethAlias,
   hostVethName,
   inspectPod,
   randomMac,
@@ -102,6 +103,7 @@ async function cmdAdd({ env, conf }: Invocation): Promise<Result> {
       podMac,
       netns: env.netns,
       bridge: conf.bridge,
+      network: conf.name,
       mtu,
       hairpin: conf.hairpinMode,
       vlan: conf.vlan,
@@ -429,7 +431,14 @@ async function cmdGc({ env, conf }: Invocation): Promise<void> {
   const errors: string[] = [];
   // Host veths first: a port no valid attachment names is stale.
   const keepNames = new Set(keep.map((a) => hostVethName(a.containerId, a.ifname)));
-  const stale = (await bridgePorts(conf.bridge)).filter((p) => p.startsWith(HOST_VETH_PREFIX) && !keepNames.has(p));
+  // A port with another network's alias belongs to that network's pods (a
+  // shared bridge); one without an alias is an ADD killed between creating
+  // the veth and naming it, garbage whoever collects it.
+  const alias = hostVethAlias(conf.name);
+  const stale = (await bridgePorts(conf.bridge))
+    .filter((p) => p.name.startsWith(HOST_VETH_PREFIX) && (p.alias === undefined || p.alias === alias))
+    .map((p) => p.name)
+    .filter((name) => !keepNames.has(name));
   await removeVeths(stale).catch((e) => errors.push(String(e)));
   try {
     if (conf.ipam.type === BUILTIN_IPAM) {

@@ -10,6 +10,7 @@ import {
   cni,
   delNetns,
   hostPart,
+  IP,
   must,
   ping,
   sh,
@@ -299,6 +300,36 @@ Deno.test("GC keeps listed attachments and frees the rest; an empty list frees e
   } finally {
     await delNetns(...names);
     await net.cleanup();
+  }
+});
+
+Deno.test("GC on a bridge shared by two networks removes only its own network's ports", async () => {
+  const netA = testNet();
+  const netB = testNet();
+  const [a, b] = [uniq("tga"), uniq("tgb")];
+  try {
+    const [pa, pb] = await addNetns(a, b);
+    const confA = netA.conf("1.1.0");
+    const confB = netB.conf("1.1.0", { bridge: netA.bridge });
+    const addA = await cni({ command: "ADD", conf: confA, containerId: a, netns: pa });
+    const addB = await cni({ command: "ADD", conf: confB, containerId: b, netns: pb });
+    assertOk(addA, "ADD a");
+    assertOk(addB, "ADD b");
+    const vethB = addB.json.interfaces[1].name;
+    const [link] = JSON.parse(await must(IP, ["-j", "link", "show", "dev", vethB]));
+    assert.equal(link.ifalias, `pontoon:${netB.name}`, "host veth names its network in its alias");
+
+    assertOk(await cni({ command: "GC", conf: { ...confA, "cni.dev/valid-attachments": [] } }), "GC of network A");
+    assert.ok(!linkExists(addA.json.interfaces[1].name), "network A's stale veth kept");
+    assert.ok(linkExists(vethB), "GC of network A removed network B's pod");
+    assert.ok(await ping(b, addB.json.ips[0].gateway), "network B's pod lost connectivity");
+
+    assertOk(await cni({ command: "GC", conf: { ...confB, "cni.dev/valid-attachments": [] } }), "GC of network B");
+    assert.ok(!linkExists(vethB), "network B's stale veth kept");
+  } finally {
+    await delNetns(a, b);
+    await netA.cleanup();
+    await netB.cleanup();
   }
 });
 
