@@ -1,5 +1,5 @@
 /**
- * `addr.ts` parses and formats addresses itself. The oracle for the
+ * `addr.ts` parses through `ipaddr.js` and formats addresses itself. The oracle for the
  * canonical IPv6 form is the runtime's WHATWG URL parser, which serializes
  * IPv6 hosts as RFC 5952 does (first longest run of zero groups becomes
  * `::`, as in Go's net.IP and inet_ntop).
