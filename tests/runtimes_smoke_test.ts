@@ -90,14 +90,7 @@ function smokeTest(
   Deno.test({
     name,
     ignore: absent.length > 0,
-    async fn() {
-      const t0 = performance.now();
-      try {
-        await fn();
-      } finally {
-        console.log(`TIMING ${name}: ${Math.round(performance.now() - t0)} ms`);
-      }
-    },
+    fn,
   });
 }
 
