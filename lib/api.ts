@@ -93,6 +93,9 @@ export class SocketInUseError extends Error {
   }
 }
 
+/** The longest path a unix socket client can connect to: sun_path is 108 bytes with its NUL. */
+const MAX_SUN_PATH_BYTES = 107;
+
 /** The largest request body accepted (PUT/POST); larger gets 413. */
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -424,10 +427,17 @@ export async function startApiServer(
   source: ApiSource,
   options: { tcp?: TcpOptions } = {},
 ): Promise<ApiServer> {
+  if (new TextEncoder().encode(reportSocketPath(path)).length > MAX_SUN_PATH_BYTES) {
+    throw new Error(
+      `${path} is too long for a unix socket (at most ${
+        MAX_SUN_PATH_BYTES - ".report".length
+      } bytes, so that ${path}.report fits too)`,
+    );
+  }
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
   try {
-    Deno.lstatSync(path);
+    if (!Deno.lstatSync(path).isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
     if (await socketIsLive(path)) throw new SocketInUseError(path);
     Deno.removeSync(path);
   } catch (err) {

@@ -50,3 +50,33 @@ Deno.test("agent socket: mode 0600, /readyz 503 then 200, a second server on it 
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("agent socket: a file that is not a socket is never removed, and a path no client could connect to is refused", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pontoon-sock-" });
+  const source = readinessOnlySource(() => ({ ready: true, reason: "synced" }));
+  try {
+    // A mistyped --api-socket naming an operator's file: refused, the file kept.
+    const file = `${dir}/important.conf`;
+    Deno.writeTextFileSync(file, "keep me");
+    await assert.rejects(startApiServer(file, source), /is not a socket/);
+    assert.equal(Deno.readTextFileSync(file), "keep me");
+    const folder = `${dir}/folder`;
+    Deno.mkdirSync(folder);
+    await assert.rejects(startApiServer(folder, source), /is not a socket/);
+    assert.ok(Deno.statSync(folder).isDirectory);
+    // sun_path holds 108 bytes: a longer socket (or its `.report` beside it) cannot be connected to.
+    const long = `${dir}/${"s".repeat(120 - dir.length)}.sock`;
+    await assert.rejects(startApiServer(long, source), /too long for a unix socket/);
+    assert.throws(() => Deno.lstatSync(long), Deno.errors.NotFound);
+    const longest = `${dir}/${"s".repeat(100 - dir.length - 6)}.sock`;
+    assert.equal(new TextEncoder().encode(longest).length, 100);
+    const server = await startApiServer(longest, source);
+    try {
+      assert.equal((await agentGet(longest, "/healthz")).status, 200);
+    } finally {
+      await server.close();
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
