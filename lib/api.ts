@@ -14,7 +14,7 @@
  */
 import { collectStale, DEFAULT_GC_MIN_AGE_SECONDS, type IpamView, listAllocations, poolGauges } from "./allocations.ts";
 import { reportSocketPath } from "./agentclient.ts";
-import { UnixDatagramReceiver } from "./libc.ts";
+import { closeFd, tryLockFile, UnixDatagramReceiver } from "./libc.ts";
 import { configureLog, isLogLevel, log, logLevel } from "./log.ts";
 import { type AgentCounters, zeroCounters } from "./agentstate.ts";
 import { AgentMetrics } from "./metrics.ts";
@@ -436,6 +436,25 @@ export async function startApiServer(
   }
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  // Held while serving: two agents started at once would both find no
+  // live socket, and the later rename would orphan the first one's.
+  const lockFd = tryLockFile(`${path}.lock`);
+  if (lockFd === null) throw new SocketInUseError(path);
+  try {
+    return await serveLocked(path, dir, source, options, lockFd);
+  } catch (err) {
+    closeFd(lockFd);
+    throw err;
+  }
+}
+
+async function serveLocked(
+  path: string,
+  dir: string,
+  source: ApiSource,
+  options: { tcp?: TcpOptions },
+  lockFd: number,
+): Promise<ApiServer> {
   try {
     if (!Deno.lstatSync(path).isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
     if (await socketIsLive(path)) throw new SocketInUseError(path);
@@ -514,6 +533,7 @@ export async function startApiServer(
         abort.abort();
         await Promise.all(serving);
         for (const c of cleanups.reverse()) c();
+        closeFd(lockFd);
       },
     };
   } catch (err) {

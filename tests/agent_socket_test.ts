@@ -27,7 +27,11 @@ Deno.test("agent socket: mode 0600, /readyz 503 then 200, a second server on it 
     const server = await startApiServer(path, source);
     try {
       assert.equal(Deno.statSync(path).mode! & 0o777, 0o600);
-      assert.deepEqual([...Deno.readDirSync(`${dir}/run`)].map((e) => e.name).sort(), ["api.sock", "api.sock.report"]);
+      assert.deepEqual([...Deno.readDirSync(`${dir}/run`)].map((e) => e.name).sort(), [
+        "api.sock",
+        "api.sock.lock",
+        "api.sock.report",
+      ]);
       const before = await agentGet(path, "/readyz");
       assert.equal(before.status, 503);
       assert.match(before.body, /waiting for a pod CIDR/);
@@ -75,6 +79,57 @@ Deno.test("agent socket: a file that is not a socket is never removed, and a pat
       assert.equal((await agentGet(longest, "/healthz")).status, 200);
     } finally {
       await server.close();
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("agent socket: of two agents started at once on one socket exactly one serves; the other is refused", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pontoon-sock-" });
+  const path = `${dir}/api.sock`;
+  const tokenFile = `${dir}/token`;
+  Deno.writeTextFileSync(tokenFile, crypto.randomUUID() + "\n", { mode: 0o600 });
+  Deno.chmodSync(tokenFile, 0o600);
+  const fixture = new URL("./fixtures/api_server.ts", import.meta.url).pathname;
+  const spawn = () =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", fixture, path, tokenFile],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+  try {
+    for (let round = 0; round < 3; round++) {
+      const pair = [spawn(), spawn()];
+      try {
+        // One exits refused; the other keeps serving.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const first = await Promise.race([
+          ...pair.map((c, i) => c.status.then(() => i)),
+          new Promise<number>((r) => timer = setTimeout(r, 15_000, -1)),
+        ]);
+        clearTimeout(timer);
+        assert.ok(first >= 0, `round ${round}: both agents kept running on one socket`);
+        const loser = pair[first];
+        const winner = pair[1 - first];
+        const err = await new Response(loser.stderr).text();
+        assert.match(err, /served by another running process/, err);
+        await new Promise((r) => setTimeout(r, 500));
+        const alive = await Promise.race([
+          winner.status.then(() => false),
+          new Promise((r) => setTimeout(r, 100, true)),
+        ]);
+        assert.ok(alive, `round ${round}: the winner exited`);
+        assert.equal((await agentGet(path, "/healthz")).status, 200);
+      } finally {
+        for (const c of pair) {
+          try {
+            c.kill("SIGTERM");
+          } catch { /* exited */ }
+          await c.status;
+          await c.stderr.cancel().catch(() => {});
+        }
+      }
     }
   } finally {
     Deno.removeSync(dir, { recursive: true });
