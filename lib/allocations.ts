@@ -108,8 +108,8 @@ export interface GcOutcome {
 
 /**
  * Finds stale reservations and, with `apply`, releases them. Each is
- * checked again right before release, so an attachment that came back
- * meanwhile is kept.
+ * read and checked again under the store's lock right before release, so
+ * an attachment an ADD was writing (or that came back) meanwhile is kept.
  */
 export function collectStale(
   view: IpamView,
@@ -122,14 +122,17 @@ export function collectStale(
   if (apply) {
     const store = new IpamStore(view.dataDir, view.network);
     for (const row of stale) {
-      if (!isStale(row, minAgeMs)) continue;
       const att = { containerId: row.containerId, ifname: row.ifname };
       store.locked(() => {
+        // The listing was read without the lock: an ADD may have been
+        // writing this very reservation. Judge it again as it is now.
+        const now = listAllocations(view).find((r) => r.containerId === att.containerId && r.ifname === att.ifname);
+        if (!now || !isStale(now, minAgeMs)) return;
         // Address files without an index record (a crash mid-ADD) are released too.
-        for (const ip of row.ips) store.releaseAddress(ip, att);
+        for (const ip of now.ips) store.releaseAddress(ip, att);
         store.removeIndex(att);
+        released.push(now);
       });
-      released.push(row);
     }
   }
   return { applied: apply, minAgeSeconds, stale, released };

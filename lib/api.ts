@@ -14,7 +14,7 @@
  */
 import { collectStale, DEFAULT_GC_MIN_AGE_SECONDS, type IpamView, listAllocations, poolGauges } from "./allocations.ts";
 import { reportSocketPath } from "./agentclient.ts";
-import { UnixDatagramReceiver } from "./libc.ts";
+import { closeFd, tryLockFile, UnixDatagramReceiver } from "./libc.ts";
 import { configureLog, isLogLevel, log, logLevel } from "./log.ts";
 import { type AgentCounters, zeroCounters } from "./agentstate.ts";
 import { AgentMetrics } from "./metrics.ts";
@@ -92,6 +92,9 @@ export class SocketInUseError extends Error {
     this.name = "SocketInUseError";
   }
 }
+
+/** The longest path a unix socket client can connect to: sun_path is 108 bytes with its NUL. */
+const MAX_SUN_PATH_BYTES = 107;
 
 /** The largest request body accepted (PUT/POST); larger gets 413. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -370,6 +373,50 @@ function bearerHandler(tokenDigest: Uint8Array, source: ApiSource) {
   };
 }
 
+/** How long a listener whose accept loop failed waits before it listens again. */
+export const RELISTEN_DELAY_MS = 1000;
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}
+
+/**
+ * Keeps a listener serving until `signal` aborts. An accept loop that fails
+ * (out of file descriptors under a connection flood) rejects its
+ * `finished`; unhandled, that would end the agent. Instead it is logged and
+ * the listener started again after a pause, until that succeeds.
+ */
+async function keepServing(
+  what: string,
+  first: Deno.HttpServer,
+  start: () => Deno.HttpServer,
+  signal: AbortSignal,
+): Promise<void> {
+  let server = first;
+  while (true) {
+    try {
+      await server.finished;
+    } catch (err) {
+      if (!signal.aborted) log("error", `API on ${what} stopped listening: ${(err as Error).message}`);
+    }
+    while (true) {
+      if (signal.aborted) return;
+      await pause(RELISTEN_DELAY_MS, signal);
+      if (signal.aborted) return;
+      try {
+        server = start();
+        log("info", `API on ${what} listening again`);
+        break;
+      } catch (err) {
+        log("warn", `API on ${what}: cannot listen again yet: ${(err as Error).message}`);
+      }
+    }
+  }
+}
+
 /**
  * Serves the API on the unix socket `path` (and TCP when `options.tcp` is
  * set). A stale socket file is replaced; a live one (another agent) is an
@@ -380,10 +427,36 @@ export async function startApiServer(
   source: ApiSource,
   options: { tcp?: TcpOptions } = {},
 ): Promise<ApiServer> {
+  if (new TextEncoder().encode(reportSocketPath(path)).length > MAX_SUN_PATH_BYTES) {
+    throw new Error(
+      `${path} is too long for a unix socket (at most ${
+        MAX_SUN_PATH_BYTES - ".report".length
+      } bytes, so that ${path}.report fits too)`,
+    );
+  }
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  // Held while serving: two agents started at once would both find no
+  // live socket, and the later rename would orphan the first one's.
+  const lockFd = tryLockFile(`${path}.lock`);
+  if (lockFd === null) throw new SocketInUseError(path);
   try {
-    Deno.lstatSync(path);
+    return await serveLocked(path, dir, source, options, lockFd);
+  } catch (err) {
+    closeFd(lockFd);
+    throw err;
+  }
+}
+
+async function serveLocked(
+  path: string,
+  dir: string,
+  source: ApiSource,
+  options: { tcp?: TcpOptions },
+  lockFd: number,
+): Promise<ApiServer> {
+  try {
+    if (!Deno.lstatSync(path).isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
     if (await socketIsLive(path)) throw new SocketInUseError(path);
     Deno.removeSync(path);
   } catch (err) {
@@ -391,7 +464,7 @@ export async function startApiServer(
   }
   const tokenDigest = options.tcp ? await sha256(readTokenFile(options.tcp.tokenFile)) : undefined;
   const abort = new AbortController();
-  const servers: Deno.HttpServer[] = [];
+  const serving: Promise<void>[] = [];
   const cleanups: (() => void)[] = [];
   let receiver: UnixDatagramReceiver | undefined;
   const drainReports = () => {
@@ -424,11 +497,13 @@ export async function startApiServer(
     metrics: () => (drainReports(), source.metrics()),
   };
   try {
-    servers.push(bindPrivately(dir, path, (bound) =>
-      Deno.serve(
-        { path: bound, transport: "unix", signal: abort.signal, onListen() {} },
-        (request) => handleApiRequest(request, scraping),
-      )));
+    const serveUnix = () =>
+      bindPrivately(dir, path, (bound) =>
+        Deno.serve(
+          { path: bound, transport: "unix", signal: abort.signal, onListen() {} },
+          (request) => handleApiRequest(request, scraping),
+        ));
+    serving.push(keepServing(path, serveUnix(), serveUnix, abort.signal));
     cleanups.push(() => removeStale(path));
     const reportPath = reportSocketPath(path);
     removeStale(reportPath);
@@ -439,12 +514,13 @@ export async function startApiServer(
     });
     let port: number | undefined;
     if (options.tcp && tokenDigest) {
-      const tcp = Deno.serve(
-        { hostname: options.tcp.hostname, port: options.tcp.port, signal: abort.signal, onListen() {} },
-        bearerHandler(tokenDigest, scraping),
-      );
-      servers.push(tcp);
-      port = (tcp.addr as Deno.NetAddr).port;
+      const { hostname } = options.tcp;
+      const serveTcp = (port: number) =>
+        Deno.serve({ hostname, port, signal: abort.signal, onListen() {} }, bearerHandler(tokenDigest, scraping));
+      const tcp = serveTcp(options.tcp.port);
+      const bound = (tcp.addr as Deno.NetAddr).port;
+      port = bound;
+      serving.push(keepServing(`${hostname}:${bound}`, tcp, () => serveTcp(bound), abort.signal));
       log("info", `API listening on ${options.tcp.hostname}:${port} (bearer token required)`);
     }
     const timer = setInterval(drainReports, 500);
@@ -455,8 +531,9 @@ export async function startApiServer(
       drainReports,
       async close() {
         abort.abort();
-        await Promise.all(servers.map((s) => s.finished.catch(() => {})));
+        await Promise.all(serving);
         for (const c of cleanups.reverse()) c();
+        closeFd(lockFd);
       },
     };
   } catch (err) {

@@ -25,6 +25,9 @@ export const PLUGIN_NAME = "pontoon";
 /** Where bundle sets live inside the bin dir. */
 export const BUNDLE_DIR = ".pontoon";
 
+/** The flock serializing bundle installs, inside `BUNDLE_DIR`. */
+const LOCK_FILE = ".lock";
+
 /** What the running program is made of. */
 export type ProgramShape =
   | { kind: "binary"; path: string }
@@ -123,6 +126,24 @@ export async function installProgram(binDir: string, shape: ProgramShape): Promi
   const sets = `${binDir}/${BUNDLE_DIR}`;
   Deno.mkdirSync(sets, { recursive: true, mode: 0o755 });
   const tag = await contentTag(shape);
+  // Installs at once (an init container and an operator, say) would remove
+  // each other's staging and sets: one at a time, under a flock.
+  const lock = Deno.openSync(`${sets}/${LOCK_FILE}`, { read: true, write: true, create: true, mode: 0o600 });
+  try {
+    lock.lockSync(true);
+    return installBundle(binDir, sets, tag, shape);
+  } finally {
+    lock.close();
+  }
+}
+
+function installBundle(
+  binDir: string,
+  sets: string,
+  tag: string,
+  shape: Extract<ProgramShape, { kind: "bundle" }>,
+): InstallOutcome {
+  const dest = `${binDir}/${PLUGIN_NAME}`;
   const target = `${sets}/${tag}`;
   let current: string | null = null;
   try {
@@ -164,7 +185,7 @@ export async function installProgram(binDir: string, shape: ProgramShape): Promi
 function pruneSets(sets: string, keepTag: string, previousLink: string | null): void {
   const previous = previousLink?.startsWith(`${BUNDLE_DIR}/`) ? previousLink.split("/")[1] : undefined;
   for (const entry of Deno.readDirSync(sets)) {
-    if (entry.name === keepTag || entry.name === previous) continue;
+    if (entry.name === keepTag || entry.name === previous || entry.name === LOCK_FILE) continue;
     removeQuietly(`${sets}/${entry.name}`);
   }
 }

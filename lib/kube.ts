@@ -376,6 +376,9 @@ export async function listNodes(client: KubeClient, signal?: AbortSignal, pageSi
   }
 }
 
+/** The longest watch line (one event) taken by default: a Node is far smaller. */
+export const MAX_WATCH_LINE = 16 * 1024 * 1024;
+
 /** One watch event. ERROR events are turned into thrown KubeApiErrors. */
 export interface NodeEvent {
   type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK";
@@ -388,6 +391,8 @@ export interface WatchOptions {
   timeoutSeconds?: number;
   /** Abort the request when no byte came for this long (a dead connection). */
   idleMs?: number;
+  /** Give up on a line (one event) longer than this, so a broken stream cannot eat the memory. */
+  maxLineLength?: number;
   signal?: AbortSignal;
 }
 
@@ -404,6 +409,7 @@ export async function* watchNodes(
   const idle = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, idle.signal]) : idle.signal;
   const idleMs = options.idleMs ?? (timeout + 30) * 1000;
+  const maxLine = options.maxLineLength ?? MAX_WATCH_LINE;
   let timer = setTimeout(() => idle.abort(), idleMs);
   const path = `/api/v1/nodes?watch=1&allowWatchBookmarks=true&timeoutSeconds=${timeout}` +
     `&resourceVersion=${encodeURIComponent(resourceVersion)}`;
@@ -422,6 +428,9 @@ export async function* watchNodes(
           const line = buffer.slice(0, newline).trim();
           buffer = buffer.slice(newline + 1);
           if (line !== "") yield parseWatchLine(line);
+        }
+        if (buffer.length > maxLine) {
+          throw new KubeApiError(0, `watch stream sent a line longer than ${maxLine} characters (no newline)`);
         }
       }
     } catch (err) {

@@ -27,6 +27,7 @@ const SYMBOLS = {
   sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -71,6 +72,30 @@ export function openFd(path: string, flags: number): number {
   const fd = libc().open(cString(path), flags, 0);
   if (fd < 0) throw new LibcError("open", path, errno());
   return fd;
+}
+
+const O_RDWR_CREAT_CLOEXEC = 0o2000102;
+const LOCK_EX_NB = 2 | 4;
+const EWOULDBLOCK = 11;
+
+/**
+ * Takes an exclusive `flock` on `path` (created 0600) without waiting.
+ * Returns the descriptor holding it (close it to release), or null when
+ * another open file holds the lock; throws LibcError otherwise.
+ */
+export function tryLockFile(path: string): number | null {
+  const fd = libc().open(cString(path), O_RDWR_CREAT_CLOEXEC, 0o600);
+  if (fd < 0) throw new LibcError("open", path, errno());
+  if (libc().flock(fd, LOCK_EX_NB) === 0) return fd;
+  const code = errno();
+  libc().close(fd);
+  if (code === EWOULDBLOCK) return null;
+  throw new LibcError("flock", path, code);
+}
+
+/** Closes a descriptor from {@link tryLockFile}, releasing its lock. */
+export function closeFd(fd: number): void {
+  libc().close(fd);
 }
 
 /** Reads a small file (sysfs/procfs) as text; null when it cannot be read. */

@@ -19,6 +19,8 @@ import {
   formatCidr,
   formatIp,
   type Ip,
+  lastAddress,
+  networkAddress,
   overlaps,
   parseCidr,
   parseIp,
@@ -58,6 +60,8 @@ export interface RouteTable {
   owned: TableRoute[];
   /** Every other route with a concrete destination (not default). */
   foreign: TableRoute[];
+  /** This host's own addresses (the local table's `local` routes). */
+  local?: Ip[];
 }
 
 /** A node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`), parsed, with the entries that are not CIDRs. */
@@ -127,7 +131,25 @@ export function desiredRoutes(self: string, selfCidrs: Cidr[], nodes: KubeNode[]
         problems.push({ node: name, problem: `has no IPv${dst.family} InternalIP for pod CIDR ${formatCidr(dst)}` });
         continue;
       }
-      if (!connected.some((s) => contains(s, gateway))) {
+      const subnet = connected.find((s) => contains(s, gateway));
+      if (subnet && table.local?.some((a) => sameIp(a, gateway))) {
+        problems.push({
+          node: name,
+          problem: `InternalIP ${formatIp(gateway)} is this node's own address (a Node copied from this one?); ` +
+            `no route to ${formatCidr(dst)}`,
+        });
+        continue;
+      }
+      if (subnet && gateway.family === 4 && subnet.prefix < 31 && isNetworkOrBroadcast(subnet, gateway)) {
+        problems.push({
+          node: name,
+          problem: `InternalIP ${formatIp(gateway)} is the network or broadcast address of ${
+            formatCidr(canonicalNetwork(subnet))
+          }; no route to ${formatCidr(dst)}`,
+        });
+        continue;
+      }
+      if (!subnet) {
         problems.push({
           node: name,
           problem: `InternalIP ${formatIp(gateway)} is not on a local subnet (not directly reachable); ` +
@@ -139,6 +161,10 @@ export function desiredRoutes(self: string, selfCidrs: Cidr[], nodes: KubeNode[]
     }
   }
   return withoutConflicts(candidates, table, problems);
+}
+
+function isNetworkOrBroadcast(subnet: Cidr, ip: Ip): boolean {
+  return sameIp(networkAddress(subnet), ip) || sameIp(lastAddress(subnet), ip);
 }
 
 /**
@@ -239,7 +265,13 @@ interface JsonRoute {
 export function parseRouteTable(entries: JsonRoute[]): RouteTable {
   const owned: TableRoute[] = [];
   const foreign: TableRoute[] = [];
+  const local: Ip[] = [];
   for (const e of entries) {
+    if (e.table === "local" && e.type === "local" && e.dst) {
+      const ip = parseIp(e.dst);
+      if (ip) local.push(ip);
+      continue;
+    }
     if (e.table !== undefined && e.table !== "main") continue;
     if (e.type !== undefined && e.type !== "unicast") continue;
     if (!e.dst || e.dst === "default") continue;
@@ -249,7 +281,7 @@ export function parseRouteTable(entries: JsonRoute[]): RouteTable {
     const route: TableRoute = { dst, gateway, protocol: e.protocol ?? "boot", dev: e.dev };
     (route.protocol === String(ROUTE_PROTOCOL) ? owned : foreign).push(route);
   }
-  return { owned, foreign };
+  return { owned, foreign, local };
 }
 
 /** Reads the main routing table (both families) in one `ip` spawn. */

@@ -221,3 +221,58 @@ Deno.test("plugin reports never block: thousands sent to a socket nobody reads r
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("api server: running out of file descriptors (a flood of TCP connections) does not kill it", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pontoon-api-" });
+  const socket = `${dir}/api.sock`;
+  const tokenFile = `${dir}/token`;
+  const token = crypto.randomUUID();
+  Deno.writeTextFileSync(tokenFile, token + "\n", { mode: 0o600 });
+  Deno.chmodSync(tokenFile, 0o600);
+  const fixture = new URL("./fixtures/api_server.ts", import.meta.url).pathname;
+  // 128 descriptors: the flood below takes them all.
+  const child = new Deno.Command("prlimit", {
+    args: ["--nofile=128", Deno.execPath(), "run", "--allow-all", fixture, socket, tokenFile],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const conns: Deno.TcpConn[] = [];
+  try {
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const port = Number((await reader.read()).value?.trim());
+    assert.ok(port > 0, "the fixture prints its port");
+    for (let i = 0; i < 200; i++) {
+      try {
+        conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+      } catch {
+        break; // the listener's backlog is full or it is gone
+      }
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const c of conns.splice(0)) c.close();
+    await new Promise((r) => setTimeout(r, 1500));
+    const alive = await Promise.race([
+      child.status.then(() => false),
+      new Promise((r) => setTimeout(() => r(true), 500)),
+    ]);
+    if (!alive) {
+      const err = await new Response(child.stderr).text();
+      assert.fail(`the API server process died of the connection flood: ${err.slice(-2000)}`);
+    }
+    const reply = await apiRequest(socket, "GET", "/healthz");
+    assert.equal(reply.status, 200);
+    const tcp = await fetch(`http://127.0.0.1:${port}/healthz`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(tcp.status, 200);
+    await tcp.body?.cancel();
+    reader.releaseLock();
+  } finally {
+    for (const c of conns) c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+    await child.stdout.cancel().catch(() => {});
+    await child.stderr.cancel().catch(() => {});
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

@@ -108,7 +108,7 @@ Deno.test("deploy: every manifest parses, has a known kind and apiVersion, valid
 
 Deno.test("deploy: RBAC grants only get/list/watch on nodes, bound to the DaemonSet's service account", () => {
   const role = only("ClusterRole");
-  assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"] }]);
+  assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["list", "watch"] }]);
   const binding = only("ClusterRoleBinding");
   assert.deepEqual(binding.roleRef, {
     apiGroup: "rbac.authorization.k8s.io",

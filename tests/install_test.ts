@@ -41,6 +41,24 @@ Deno.test("install: the bundle goes in as a set behind a symlink; the installed 
   }
 });
 
+Deno.test("install: runs at once into one bin dir all succeed and leave a complete, working set", async () => {
+  const dir = tempDir();
+  try {
+    const bin = `${dir}/bin`;
+    const runs = await Promise.all(Array.from({ length: 4 }, () => sh(PLUGIN, ["install", "--cni-bin-dir", bin])));
+    for (const r of runs) assert.equal(r.code, 0, r.stderr);
+    const link = Deno.readLinkSync(`${bin}/pontoon`);
+    const set = `${bin}/${link.slice(0, link.lastIndexOf("/"))}`;
+    for (const f of ["pontoon", "deno", "lib/main.js"]) assert.ok(Deno.statSync(`${set}/${f}`).isFile, f);
+    const version = await sh(`${bin}/pontoon`, ["version"]);
+    assert.equal(version.code, 0, version.stderr);
+    const sets = [...Deno.readDirSync(`${bin}/.pontoon`)].map((e) => e.name).filter((n) => !n.startsWith("."));
+    assert.deepEqual(sets, [link.split("/")[1]]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("install: a new bundle replaces the symlink in one rename, keeps the previous set and prunes older ones", async () => {
   const dir = tempDir();
   try {
@@ -61,7 +79,7 @@ Deno.test("install: a new bundle replaces the symlink in one rename, keeps the p
       tags.push(Deno.readLinkSync(`${bin}/pontoon`).split("/")[1]);
     }
     assert.equal(new Set(tags).size, 3);
-    const sets = [...Deno.readDirSync(`${bin}/.pontoon`)].map((e) => e.name).sort();
+    const sets = [...Deno.readDirSync(`${bin}/.pontoon`)].map((e) => e.name).filter((n) => n !== ".lock").sort();
     assert.deepEqual(sets, [tags[1], tags[2]].sort());
     assert.equal((await sh(`${bin}/pontoon`, ["version"])).code, 0);
   } finally {

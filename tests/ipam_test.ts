@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { type BuiltinIpam, loadNetConf } from "../lib/config.ts";
 import { formatIp } from "../lib/addr.ts";
 import { CniError } from "../lib/errors.ts";
+import { collectStale } from "../lib/allocations.ts";
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "../lib/ipam.ts";
 
 function setup(ranges: unknown[]) {
@@ -172,6 +173,35 @@ Deno.test("many processes reserving at once never hand out one address twice", a
       e.name
     );
     assert.deepEqual(files.sort(), [...held].sort(), "files on disk match the live reservations");
+  } finally {
+    Deno.removeSync(s.dataDir, { recursive: true });
+  }
+});
+
+Deno.test("agent GC never takes an ADD in progress: a reservation seen half-written is judged again under the lock", async () => {
+  const s = setup([[{ subnet: "10.5.0.0/29" }]]);
+  const att = { containerId: "mid-add", ifname: "eth0" };
+  const view = { network: "unit", dataDir: s.dataDir, rangeSets: s.sets };
+  const indexPath = `${s.dataDir}/unit/attachments/mid-add:eth0`;
+  const staged = `${s.dataDir}/index.staged`;
+  try {
+    Deno.mkdirSync(`${s.dataDir}/unit/attachments`, { recursive: true });
+    // What an ADD writes under the store's lock: the address file, then the index naming the pod's (live) netns.
+    s.store.writeIndex({ ...att, ips: ["10.5.0.2"], netns: "/proc/self/ns/net" });
+    Deno.renameSync(indexPath, staged);
+    s.store.writeAddress("10.5.0.2", att);
+    // The "ADD" holds the lock and writes the index a moment later.
+    const add = new Deno.Command("flock", {
+      args: ["-x", `${s.dataDir}/unit/lock`, "-c", `sleep 1.5; mv '${staged}' '${indexPath}'`],
+    }).spawn();
+    const held = async () =>
+      (await new Deno.Command("flock", { args: ["-n", `${s.dataDir}/unit/lock`, "true"] }).output()).code !== 0;
+    for (let i = 0; i < 50 && !(await held()); i++) await new Promise((r) => setTimeout(r, 20));
+    const outcome = collectStale(view, true, 0);
+    await add.status;
+    assert.deepEqual(outcome.released, []);
+    assert.deepEqual(s.store.ownerOf("10.5.0.2"), att);
+    assert.ok(s.store.readIndex(att));
   } finally {
     Deno.removeSync(s.dataDir, { recursive: true });
   }

@@ -9,6 +9,7 @@ import {
   kubeconfigTarget,
   loadKubeTarget,
   parseWatchLine,
+  watchNodes,
 } from "../lib/kube.ts";
 import { kubeconfigYaml } from "./kubeapi.ts";
 
@@ -107,4 +108,34 @@ Deno.test("backoff: doubles from the minimum, caps at the maximum, with ±20 % j
   assert.equal(backoffDelay(20, 500, 30_000, () => 0.5), 30_000);
   assert.equal(backoffDelay(1, 500, 30_000, () => 0), 400);
   assert.equal(backoffDelay(1, 500, 30_000, () => 1), 600);
+});
+
+Deno.test("watch: a stream sending a line that never ends is given up at the line limit, not buffered without bound", async () => {
+  let sent = 0;
+  const abort = new AbortController();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: abort.signal, onListen() {} }, () => {
+    const chunk = new TextEncoder().encode("x".repeat(64 * 1024));
+    const body = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (sent >= 64 * 1024 * 1024) return c.close();
+        sent += chunk.length;
+        c.enqueue(chunk);
+      },
+    });
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  });
+  const client = new KubeClient({ server: `http://127.0.0.1:${server.addr.port}`, token: "t", source: "test" });
+  try {
+    await assert.rejects(
+      async () => {
+        for await (const _ of watchNodes(client, "1", { maxLineLength: 1024 * 1024 })) { /* none */ }
+      },
+      (err: KubeApiError) => err instanceof KubeApiError && /line longer than 1048576/.test(err.message),
+    );
+    assert.ok(sent < 8 * 1024 * 1024, `read ${sent} bytes before giving up`);
+  } finally {
+    client.close();
+    abort.abort();
+    await server.finished;
+  }
 });

@@ -158,3 +158,20 @@ Deno.test("routes: parsing the table keeps main-table unicast routes and splits 
   assert.deepEqual(t.owned.map((r) => formatCidr(r.dst)), ["10.1.1.0/24", "fd01:0:0:1::/64"]);
   assert.deepEqual(t.foreign.map((r) => formatCidr(r.dst)), ["192.168.50.0/24"]);
 });
+
+Deno.test("routes: a peer whose InternalIP is this node's own address, or its subnet's network or broadcast address, gets no route", () => {
+  const nodes = [
+    node("copy", ["10.1.7.0/24"], ["192.168.50.1"]),
+    node("net", ["10.1.8.0/24"], ["192.168.50.0"]),
+    node("bcast", ["10.1.9.0/24"], ["192.168.50.255"]),
+    node("ok", ["10.1.10.0/24"], ["192.168.50.10"]),
+  ];
+  const want = desiredRoutes("n1", SELF, nodes, table());
+  assert.deepEqual(want.routes.map(text), ["ok 10.1.10.0/24 via 192.168.50.10"]);
+  assert.match(want.problems.find((p) => p.node === "copy")!.problem, /192\.168\.50\.1 is this node's own address/);
+  assert.match(
+    want.problems.find((p) => p.node === "net")!.problem,
+    /network or broadcast address of 192\.168\.50\.0\/24/,
+  );
+  assert.match(want.problems.find((p) => p.node === "bcast")!.problem, /network or broadcast address/);
+});
