@@ -167,6 +167,39 @@ Deno.test("CHECK fails when the reservation is gone, when prevResult is missing,
   }
 });
 
+Deno.test("CHECK refuses a prevResult whose ips[].interface names no interface (7) or a host interface (104)", async () => {
+  const net = testNet();
+  const a = uniq("tci");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    // A second address CHECK would otherwise never look for: it is on no pod interface.
+    const extra = (index: number) => ({
+      ...add.json,
+      ips: [...add.json.ips, { address: "192.0.2.9/24", interface: index }],
+    });
+    const check = (prevResult: unknown) =>
+      cni({ command: "CHECK", conf: { ...conf, prevResult }, containerId: a, netns: pa });
+    assertCniError(
+      await check(extra(7)),
+      7,
+      /^prevResult\.ips\[1\]\.interface: 7 names no entry of prevResult\.interfaces \(it has 3\), so prevResult is malformed$/,
+    );
+    assertCniError(
+      await check(extra(1)),
+      104,
+      new RegExp(`^prevResult\\.ips\\[1\\] puts 192\\.0\\.2\\.9/24 on host interface ${add.json.interfaces[1].name};`),
+    );
+    assertOk(await check(add.json), "CHECK of the untouched result");
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
 Deno.test("DEL succeeds with CNI_NETNS empty, with a deleted netns, and for a container never added", async () => {
   const net = testNet({ v6: true });
   const [a, b] = [uniq("tpd"), uniq("tpe")];
