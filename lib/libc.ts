@@ -175,6 +175,27 @@ export function writeSmallFile(path: string, text: string): void {
   }
 }
 
+/** `O_WRONLY | O_CREAT | O_NOCTTY | O_APPEND | O_NONBLOCK | O_CLOEXEC`. */
+const O_APPEND_NONBLOCK = 0o1 | 0o100 | 0o400 | 0o2000 | 0o4000 | 0o2000000;
+
+/**
+ * Appends `bytes` to `path` (created 0600) without ever blocking: the file
+ * is opened O_NONBLOCK, so a FIFO with no reader fails at once (ENXIO) and
+ * one whose reader stalls fails the write (EAGAIN). Throws LibcError.
+ */
+export function appendNonBlocking(path: string, bytes: Uint8Array<ArrayBuffer>): void {
+  const c = libc();
+  const fd = c.open(cString(path), O_APPEND_NONBLOCK, 0o600);
+  if (fd < 0) throw new LibcError("open", path, errno());
+  try {
+    if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
+      throw new LibcError("write", path, errno());
+    }
+  } finally {
+    c.close(fd);
+  }
+}
+
 /** True when `path` exists. */
 export function pathExists(path: string): boolean {
   return libc().access(cString(path), 0) === 0;

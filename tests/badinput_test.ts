@@ -91,6 +91,18 @@ const CASES: BadCase[] = [
     call: ({ loop }) => ({ netns: loop }),
   },
   {
+    name: "logFile is a FIFO (must not block the plugin)",
+    code: 7,
+    pattern: /^logFile: \S+\/fifo is a FIFO, not a regular file$/,
+    call: ({ conf, fifo }) => ({ conf: { ...conf, logLevel: "debug", logFile: fifo }, timeoutMs: 20_000 }),
+  },
+  {
+    name: "logFile is a directory",
+    code: 7,
+    pattern: /^logFile: \/tmp is a directory, not a regular file$/,
+    call: ({ conf }) => ({ conf: { ...conf, logFile: "/tmp" } }),
+  },
+  {
     name: "CNI_NETNS is relative",
     code: 4,
     pattern: /CNI_NETNS .* must be an absolute path/,
