@@ -589,6 +589,41 @@ Deno.test("vlan makes the pod port an untagged VLAN member, or fails cleanly whe
   }
 });
 
+Deno.test("vlan on a bridge that existed without VLAN filtering turns filtering on, or fails and leaves the bridge alone", async () => {
+  const net = testNet();
+  const a = uniq("tvx");
+  try {
+    const [pa] = await addNetns(a);
+    await must("ip", ["link", "add", "name", net.bridge, "type", "bridge"]);
+    const conf = net.conf("1.1.0", { vlan: 100 });
+    const bridgeState = async () => {
+      const [l] = JSON.parse(await must("ip", ["-j", "-d", "link", "show", net.bridge]));
+      return { flags: l.flags, filtering: l.linkinfo.info_data.vlan_filtering };
+    };
+    const before = { ...(await snapshot(net)), bridge: await bridgeState() };
+    const out = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    if (!(await kernelFiltersVlans())) {
+      assertCniError(
+        out,
+        102,
+        new RegExp(`^vlan: bridge ${net.bridge} has vlan_filtering off and this kernel cannot filter VLANs`),
+      );
+      const after = { ...(await snapshot(net)), bridge: await bridgeState() };
+      assert.deepEqual(after.links, before.links);
+      assert.deepEqual(after.addresses, before.addresses);
+      assert.deepEqual(after.bridge, before.bridge);
+      assert.ok(!after.ipamFiles.some((f) => /\d+\.\d+\.\d+\.\d+$/.test(f)), "reservation left behind");
+      return;
+    }
+    assertOk(out);
+    assert.equal((await bridgeState()).filtering, 1, "vlan_filtering still off on the existing bridge");
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
 Deno.test("logs go to stderr and the log file, never stdout: ADD prints one result document, other verbs nothing", async () => {
   const net = testNet();
   const a = uniq("tlg");
