@@ -29,7 +29,7 @@ import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
 import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
-import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
+import { markerMatches, pruneMarker, withNodeLock, writeMarker } from "./nodestate.ts";
 import { appendResult, fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
 import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
@@ -477,6 +477,13 @@ async function cmdGc({ env, conf }: Invocation): Promise<void> {
     errors.push(asCniError(err).details);
   }
   if (errors.length > 0) throw new CniError(ErrorCode.SystemFailure, `GC: ${errors.join("; ")}`);
+  // A gone bridge's markers never match again (a new bridge has a new
+  // ifindex): drop them here, not on DEL, which must not pay for it.
+  const gone = () => !linkExists(conf.bridge);
+  if (gone()) {
+    pruneMarker("bridge", conf.bridge, gone);
+    pruneMarker("masq", conf.name, gone);
+  }
 }
 
 // ------------------------------------------------------------ VERSION

@@ -200,6 +200,41 @@ Deno.test("CHECK refuses a prevResult whose ips[].interface names no interface (
   }
 });
 
+/** This process's markers (the node's netns) for the network's bridge and masquerade table. */
+function markersOf(net: { bridge: string; name: string }): string[] {
+  const ns = Deno.readLinkSync("/proc/self/ns/net").replace(/\D/g, "");
+  const mine = [`${ns}-bridge-${net.bridge}`, `${ns}-masq-${net.name}`].flatMap((m) => [m, `${m}.lock`]);
+  return [...Deno.readDirSync("/run/pontoon/state")].map((e) => e.name).filter((n) => mine.includes(n)).sort();
+}
+
+Deno.test("GC prunes the node markers of its bridge and network once the bridge is gone; DEL leaves them", async () => {
+  const net = testNet();
+  const a = uniq("tgm");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { ipMasq: true });
+    const gc = { ...conf, "cni.dev/valid-attachments": [] };
+    assertOk(await cni({ command: "ADD", conf, containerId: a, netns: pa }));
+    const made = markersOf(net);
+    assert.equal(made.length, 4, `bridge and masq markers with their locks: ${made}`);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "GC", conf: gc }));
+    assert.deepEqual(markersOf(net), made, "DEL or GC removed the markers of a bridge that still exists");
+    await must("ip", ["link", "del", net.bridge]);
+    assertOk(await cni({ command: "GC", conf: gc }));
+    assert.deepEqual(markersOf(net), [], "GC left the markers of a gone bridge");
+    // The next ADD simply does the work again.
+    const again = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(again);
+    assert.ok(linkExists(net.bridge), "the bridge was not re-created");
+    assert.equal(markersOf(net).length, 4);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
 Deno.test("DEL succeeds with CNI_NETNS empty, with a deleted netns, and for a container never added", async () => {
   const net = testNet({ v6: true });
   const [a, b] = [uniq("tpd"), uniq("tpe")];
