@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { appendNonBlocking } from "./libc.ts";
+import { appendNonBlocking, pathExists } from "./libc.ts";
 
 /** Log levels in increasing severity. */
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -35,6 +35,8 @@ const fields: Record<string, unknown> = {};
  * to one could block the plugin or feed something that is not a log.
  */
 export function logFileProblem(path: string): string | null {
+  // access(2) first: a missing file is the common case, and a thrown NotFound costs ~2 ms (see DESIGN.md).
+  if (!pathExists(path)) return null;
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(path);
