@@ -24,7 +24,7 @@ import {
 } from "./netlink.ts";
 import { inNetns, withNetnsFd } from "./netns.ts";
 import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
-import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin } from "./sysfs.ts";
+import { ensureSysctl, isBridge, linkExists, linkIndex, linkMac, setHairpin, vlanFiltering } from "./sysfs.ts";
 
 /** Prefix of every host-side veth Pontoon creates. */
 export const HOST_VETH_PREFIX = "pn";
@@ -102,6 +102,7 @@ async function setUpBridge(spec: BridgeSpec, key: string): Promise<void> {
   if (!(await becomesBridge(spec.name))) {
     throw new CniError(ErrorCode.SystemFailure, `link ${spec.name} exists and is not a bridge`);
   }
+  if (spec.vlan) await requireVlanFiltering(spec.name, spec.vlan);
   const commands: IpCommand[] = [["link", "set", "dev", spec.name, "up"]];
   if (spec.promisc) commands.push(["link", "set", "dev", spec.name, "promisc", "on"]);
   commands.push(...await gatewayCommands(spec));
@@ -111,6 +112,23 @@ async function setUpBridge(spec: BridgeSpec, key: string): Promise<void> {
   }
   setNodeSysctls(spec.forwardFamilies);
   writeMarker("bridge", spec.name, `${linkIndex(spec.name)} ${key}`);
+}
+
+/**
+ * A bridge made before `vlan` was set may not filter VLANs; turn filtering
+ * on, and fail rather than attach pods to a VLAN that isolates nothing.
+ */
+async function requireVlanFiltering(name: string, vlan: number): Promise<void> {
+  if (vlanFiltering(name) === true) return;
+  const result = await runBatch([["link", "set", "dev", name, "type", "bridge", "vlan_filtering", "1"]]);
+  if (vlanFiltering(name) === true) return;
+  const why = vlanFiltering(name) === null
+    ? "this kernel cannot filter VLANs (CONFIG_BRIDGE_VLAN_FILTERING is off)"
+    : `turning it on failed: ${result.stderr.trim() || "it stayed off"}`;
+  throw new CniError(
+    ErrorCode.SystemFailure,
+    `vlan: bridge ${name} has vlan_filtering off and ${why}, so VLAN ${vlan} would not isolate its pods`,
+  );
 }
 
 /**

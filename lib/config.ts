@@ -24,7 +24,7 @@ import {
 } from "./addr.ts";
 import { containerIdProblem, ifnameProblem, isSupportedVersion, printable, SUPPORTED_VERSIONS } from "./cni.ts";
 import { CniError, ErrorCode } from "./errors.ts";
-import { isLogLevel, type LogLevel } from "./log.ts";
+import { isLogLevel, logFileProblem, type LogLevel } from "./log.ts";
 import { fromAnyVersion, readDns, type Result, type ResultDns } from "./result.ts";
 
 /** The IPAM type served by Pontoon itself. */
@@ -411,6 +411,8 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
     invalid("runtimeConfig.mac", `"${printable(requestedMac)}" is not a unicast MAC address`);
   }
   const logFile = optString(raw, "logFile");
+  const logProblem = logFile === undefined ? null : logFileProblem(absolutePath("logFile", logFile));
+  if (logProblem) invalid("logFile", `${printable(logFile!)} ${logProblem}`);
   const logLevel = optString(raw, "logLevel");
   if (logLevel !== undefined && !isLogLevel(logLevel)) {
     invalid("logLevel", `"${printable(logLevel)}" is not debug, info, warn or error`);

@@ -19,7 +19,7 @@
  *
  * @module
  */
-import { formatIp, type Ip, parseIp } from "./addr.ts";
+import { formatCidr, formatIp, type Ip, parseIp } from "./addr.ts";
 import type { Attachment, IpRange, RangeSet } from "./config.ts";
 import { CniError, ErrorCode } from "./errors.ts";
 import { pathExists } from "./libc.ts";
@@ -387,8 +387,15 @@ function parseRequested(rangeSets: RangeSet[], requested: string[]): { ip: Ip; s
   for (const text of requested) {
     const ip = parseIp(text.includes("/") ? text.slice(0, text.indexOf("/")) : text);
     if (!ip) throw new CniError(ErrorCode.InvalidConfig, `requested address "${text}" is not an IP address`);
+    const gatewayOf = rangeSets.flat().find((r) => r.gateway.family === ip.family && r.gateway.value === ip.value);
+    if (gatewayOf) {
+      throw new CniError(
+        ErrorCode.InvalidConfig,
+        `requested address ${text} is the gateway of range ${formatCidr(gatewayOf.subnet)}, which no pod can hold`,
+      );
+    }
     const found = findRange(rangeSets, ip);
-    if (!found || found.range.gateway.value === ip.value) {
+    if (!found) {
       throw new CniError(ErrorCode.InvalidConfig, `requested address ${text} is outside every range of the network`);
     }
     if (out.some((o) => o.set === found.set)) {

@@ -55,13 +55,53 @@ export function errno(): number {
   return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
 }
 
+/** Name and text of the errno values Pontoon's system calls commonly meet (Linux numbering). */
+const ERRNO_NAMES: Record<number, [name: string, text: string]> = {
+  1: ["EPERM", "Operation not permitted"],
+  2: ["ENOENT", "No such file or directory"],
+  4: ["EINTR", "Interrupted system call"],
+  5: ["EIO", "Input/output error"],
+  6: ["ENXIO", "No such device or address"],
+  9: ["EBADF", "Bad file descriptor"],
+  11: ["EAGAIN", "Resource temporarily unavailable"],
+  12: ["ENOMEM", "Cannot allocate memory"],
+  13: ["EACCES", "Permission denied"],
+  16: ["EBUSY", "Device or resource busy"],
+  17: ["EEXIST", "File exists"],
+  19: ["ENODEV", "No such device"],
+  20: ["ENOTDIR", "Not a directory"],
+  21: ["EISDIR", "Is a directory"],
+  22: ["EINVAL", "Invalid argument"],
+  24: ["EMFILE", "Too many open files"],
+  28: ["ENOSPC", "No space left on device"],
+  30: ["EROFS", "Read-only file system"],
+  32: ["EPIPE", "Broken pipe"],
+  34: ["ERANGE", "Numerical result out of range"],
+  36: ["ENAMETOOLONG", "File name too long"],
+  40: ["ELOOP", "Too many levels of symbolic links"],
+  88: ["ENOTSOCK", "Socket operation on non-socket"],
+  95: ["EOPNOTSUPP", "Operation not supported"],
+  98: ["EADDRINUSE", "Address already in use"],
+  99: ["EADDRNOTAVAIL", "Cannot assign requested address"],
+  101: ["ENETUNREACH", "Network is unreachable"],
+  105: ["ENOBUFS", "No buffer space available"],
+  110: ["ETIMEDOUT", "Connection timed out"],
+  111: ["ECONNREFUSED", "Connection refused"],
+};
+
+/** An errno for people: `EEXIST (File exists)`, or `errno 200` for one not in the table. */
+export function errnoText(code: number): string {
+  const known = ERRNO_NAMES[code];
+  return known ? `${known[0]} (${known[1]})` : `errno ${code}`;
+}
+
 /** A failed libc call, with its errno. */
 export class LibcError extends Error {
   /** The errno reported by the failing call. */
   readonly errno: number;
   /** Makes an error for `call` on `path` with `code`. */
   constructor(call: string, path: string, code: number) {
-    super(`${call} ${path}: errno ${code}`);
+    super(`${call} ${path}: ${errnoText(code)}`);
     this.name = "LibcError";
     this.errno = code;
   }
@@ -127,6 +167,27 @@ export function writeSmallFile(path: string, text: string): void {
   const fd = openFd(path, O_WRONLY);
   try {
     const bytes = new TextEncoder().encode(text);
+    if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
+      throw new LibcError("write", path, errno());
+    }
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** `O_WRONLY | O_CREAT | O_NOCTTY | O_APPEND | O_NONBLOCK | O_CLOEXEC`. */
+const O_APPEND_NONBLOCK = 0o1 | 0o100 | 0o400 | 0o2000 | 0o4000 | 0o2000000;
+
+/**
+ * Appends `bytes` to `path` (created 0600) without ever blocking: the file
+ * is opened O_NONBLOCK, so a FIFO with no reader fails at once (ENXIO) and
+ * one whose reader stalls fails the write (EAGAIN). Throws LibcError.
+ */
+export function appendNonBlocking(path: string, bytes: Uint8Array<ArrayBuffer>): void {
+  const c = libc();
+  const fd = c.open(cString(path), O_APPEND_NONBLOCK, 0o600);
+  if (fd < 0) throw new LibcError("open", path, errno());
+  try {
     if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
       throw new LibcError("write", path, errno());
     }

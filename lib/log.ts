@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { appendNonBlocking, pathExists } from "./libc.ts";
 
 /** Log levels in increasing severity. */
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -27,6 +28,33 @@ let current: Required<Omit<LogOptions, "file">> & { file?: string } = {
   stderr: true,
 };
 const fields: Record<string, unknown> = {};
+
+/**
+ * Why `path` cannot be a log file, or null when it can (a regular file, or
+ * nothing yet). A FIFO, device, socket or directory is refused: writing
+ * to one could block the plugin or feed something that is not a log.
+ */
+export function logFileProblem(path: string): string | null {
+  // access(2) first: a missing file is the common case, and a thrown NotFound costs ~2 ms (see DESIGN.md).
+  if (!pathExists(path)) return null;
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(path);
+  } catch (err) {
+    return err instanceof Deno.errors.NotFound ? null : `cannot be examined: ${(err as Error).message}`;
+  }
+  if (info.isFile) return null;
+  const kind = info.isDirectory
+    ? "a directory"
+    : info.isFifo
+    ? "a FIFO"
+    : info.isSocket
+    ? "a socket"
+    : info.isCharDevice || info.isBlockDevice
+    ? "a device"
+    : "not a file";
+  return `is ${kind}, not a regular file`;
+}
 
 /** Returns true when `value` names a log level. */
 export function isLogLevel(value: unknown): value is LogLevel {
@@ -66,7 +94,7 @@ export function log(level: LogLevel, msg: string, extra?: Record<string, unknown
   }
   if (current.file) {
     try {
-      Deno.writeFileSync(current.file, bytes, { append: true, create: true, mode: 0o600 });
+      appendNonBlocking(current.file, bytes);
     } catch { /* an unwritable log file must not fail the operation */ }
   }
 }

@@ -15,7 +15,7 @@
  * @module
  */
 import { type Cidr, formatCidr, type Ip } from "./addr.ts";
-import { errno, libc, LibcError } from "./libc.ts";
+import { errno, errnoText, libc, LibcError } from "./libc.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -70,29 +70,13 @@ const RT_SCOPE_UNIVERSE = 0;
 const RT_SCOPE_LINK = 253;
 const RTN_UNICAST = 1;
 
-/** Text for the errno values these requests commonly return (as `ip` prints them). */
-const ERRNO_TEXT: Record<number, string> = {
-  1: "Operation not permitted",
-  2: "No such file or directory",
-  13: "Permission denied",
-  16: "Device or resource busy",
-  17: "File exists",
-  19: "No such device",
-  22: "Invalid argument",
-  34: "Numerical result out of range",
-  95: "Operation not supported",
-  99: "Cannot assign requested address",
-  101: "Network is unreachable",
-};
-
 /** A request the kernel refused, with its errno and message. */
 export class NetlinkError extends Error {
   /** The (positive) errno the kernel answered. */
   readonly errno: number;
   /** Makes an error for `what` with `code` and the kernel's extended message. */
   constructor(what: string, code: number, kernelMessage?: string) {
-    const text = ERRNO_TEXT[code] ?? `errno ${code}`;
-    super(`${what}: ${text}${kernelMessage ? ` (${kernelMessage})` : ""}`);
+    super(`${what}: ${errnoText(code)}${kernelMessage ? `: ${kernelMessage}` : ""}`);
     this.name = "NetlinkError";
     this.errno = code;
   }

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { errno, libc, LibcError, O_RDONLY, openFd, readLink } from "./libc.ts";
+import { errno, errnoText, libc, LibcError, O_RDONLY, openFd, readLink } from "./libc.ts";
 
 const CLONE_NEWNET = 0x40000000;
 /** Opening a FIFO (or a tty) to inspect it must neither block nor adopt it. */
@@ -27,7 +27,7 @@ export function netnsProblem(path: string): string | null {
     fd = openFd(path, O_RDONLY | O_NONBLOCK_NOCTTY);
   } catch (err) {
     const code = (err as LibcError).errno;
-    return code === 2 ? "does not exist" : `cannot be opened (errno ${code})`;
+    return code === 2 ? "does not exist" : `cannot be opened: ${errnoText(code)}`;
   }
   try {
     const type = libc().ioctl(fd, NS_GET_NSTYPE);
@@ -79,7 +79,7 @@ export function inNetns<T>(path: string, fn: () => T): T {
     }
     if (c.setns(home, CLONE_NEWNET) !== 0) {
       // Staying in the pod's namespace would corrupt every later step.
-      throw new Error(`cannot return to the host network namespace (errno ${errno()})`);
+      throw new Error(`cannot return to the host network namespace: ${errnoText(errno())}`);
     }
     if (failed) throw failure;
     return value as T;

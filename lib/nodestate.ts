@@ -55,18 +55,59 @@ export function clearMarker(kind: string, name: string): void {
   } catch { /* already gone */ }
 }
 
+/** True when the open `file` is still the one at `path` (not unlinked or replaced). */
+function isCurrent(file: Deno.FsFile, path: string): boolean {
+  try {
+    return file.statSync().ino === Deno.statSync(path).ino;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Runs `fn` holding an exclusive node-wide `flock` for `kind/name` (a lock
  * file beside the marker; a killed holder releases it). Callers re-check
  * the marker inside, since another process may have done the work while
- * this one waited.
+ * this one waited. A lock file `pruneMarker` unlinked while this process
+ * waited excludes no one, so the lock is taken again on the current file.
  */
 export async function withNodeLock<T>(kind: string, name: string, fn: () => Promise<T>): Promise<T> {
   Deno.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
-  const file = Deno.openSync(`${markerPath(kind, name)}.lock`, { read: true, write: true, create: true, mode: 0o600 });
+  const path = `${markerPath(kind, name)}.lock`;
+  for (;;) {
+    const file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
+    try {
+      file.lockSync(true);
+      if (!isCurrent(file, path)) continue;
+      return await fn();
+    } finally {
+      file.close();
+    }
+  }
+}
+
+/**
+ * Removes the marker `kind/name` and its lock file for good, holding the
+ * lock (so no ADD is mid-way through the work it records) and only when
+ * `stale()` still holds under it. Markers only skip work: removing one
+ * costs at most a redo. Failures are ignored.
+ */
+export function pruneMarker(kind: string, name: string, stale: () => boolean = () => true): void {
+  const path = `${markerPath(kind, name)}.lock`;
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(path, { read: true, write: true });
+  } catch {
+    if (stale()) clearMarker(kind, name); // no lock file: no ADD ever waited on one
+    return;
+  }
   try {
     file.lockSync(true);
-    return await fn();
+    if (!isCurrent(file, path) || !stale()) return;
+    clearMarker(kind, name);
+    Deno.removeSync(path);
+  } catch {
+    /* left for the next GC */
   } finally {
     file.close();
   }

@@ -29,7 +29,7 @@ import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
 import { configureLog, log, setLogContext } from "./log.ts";
 import { isOwnNetns, netnsProblem } from "./netns.ts";
-import { markerMatches, withNodeLock, writeMarker } from "./nodestate.ts";
+import { markerMatches, pruneMarker, withNodeLock, writeMarker } from "./nodestate.ts";
 import { appendResult, fromAnyVersion, type Result, type ResultRoute, toVersion } from "./result.ts";
 import { defaultRouteMtu, isBridge, linkExists, masterOf } from "./sysfs.ts";
 
@@ -309,7 +309,7 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
   if (podIndex < 0) failed(`prevResult has no interface ${env.ifname} in a sandbox`);
   const view = inspectPod(env.netns, env.ifname);
   if (!view.exists) failed(`interface ${env.ifname} does not exist in ${env.netns}`);
-  const expected = (prev.ips ?? []).filter((i) => i.interface === undefined || i.interface === podIndex);
+  const expected = podAddresses(prev, podIndex, env.ifname);
   for (const ip of expected) {
     const want = parseCidr(ip.address)!;
     if (!view.addresses.some((a) => a.family === want.family && a.value === want.value && a.prefix === want.prefix)) {
@@ -336,6 +336,32 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
       failed(`masquerade table for network ${conf.name} is missing`);
     }
   }
+}
+
+/**
+ * The prevResult addresses on the pod's interface. An index naming no
+ * interface makes the result malformed (7: no CHECK could judge it); one
+ * naming a host interface claims an address where ADD never puts one (104).
+ */
+function podAddresses(prev: Result, podIndex: number, ifname: string): NonNullable<Result["ips"]> {
+  const interfaces = prev.interfaces ?? [];
+  return (prev.ips ?? []).filter((ip, n) => {
+    if (ip.interface === undefined) return true;
+    const target = interfaces[ip.interface];
+    if (!target) {
+      throw new CniError(
+        ErrorCode.InvalidConfig,
+        `prevResult.ips[${n}].interface: ${ip.interface} names no entry of prevResult.interfaces (it has ${interfaces.length}), so prevResult is malformed`,
+      );
+    }
+    if (!target.sandbox) {
+      throw new CniError(
+        ErrorCode.CheckFailed,
+        `prevResult.ips[${n}] puts ${ip.address} on host interface ${target.name}; addresses belong on ${ifname} in the sandbox`,
+      );
+    }
+    return ip.interface === podIndex;
+  });
 }
 
 /** The gateway of each expected address must sit on the bridge (ADD put it there). */
@@ -451,6 +477,13 @@ async function cmdGc({ env, conf }: Invocation): Promise<void> {
     errors.push(asCniError(err).details);
   }
   if (errors.length > 0) throw new CniError(ErrorCode.SystemFailure, `GC: ${errors.join("; ")}`);
+  // A gone bridge's markers never match again (a new bridge has a new
+  // ifindex): drop them here, not on DEL, which must not pay for it.
+  const gone = () => !linkExists(conf.bridge);
+  if (gone()) {
+    pruneMarker("bridge", conf.bridge, gone);
+    pruneMarker("masq", conf.name, gone);
+  }
 }
 
 // ------------------------------------------------------------ VERSION

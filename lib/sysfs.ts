@@ -30,6 +30,15 @@ export function masterOf(name: string): string | null {
   return target === null ? null : target.slice(target.lastIndexOf("/") + 1);
 }
 
+/**
+ * Whether bridge `name` filters VLANs: true or false, or null when sysfs
+ * has no `vlan_filtering` (a kernel without CONFIG_BRIDGE_VLAN_FILTERING).
+ */
+export function vlanFiltering(name: string): boolean | null {
+  const text = readText(`/sys/class/net/${name}/bridge/vlan_filtering`);
+  return text === null ? null : text === "1";
+}
+
 /** A link's MAC address, or null. */
 export function linkMac(name: string): string | null {
   return readText(`/sys/class/net/${name}/address`);

@@ -22,7 +22,7 @@ interface BadCase {
   code: number;
   pattern: RegExp;
   call: (
-    base: { conf: Record<string, unknown>; netns: string; id: string; subnet: string; fifo: string },
+    base: { conf: Record<string, unknown>; netns: string; id: string; subnet: string; fifo: string; loop: string },
   ) => Partial<CniCall>;
 }
 
@@ -83,6 +83,24 @@ const CASES: BadCase[] = [
     code: 4,
     pattern: /CNI_NETNS .* is not a namespace file/,
     call: ({ fifo }) => ({ netns: fifo, timeoutMs: 20_000 }),
+  },
+  {
+    name: "CNI_NETNS that cannot be opened names the errno, not its number",
+    code: 4,
+    pattern: /CNI_NETNS .* cannot be opened: ELOOP \(Too many levels of symbolic links\)$/,
+    call: ({ loop }) => ({ netns: loop }),
+  },
+  {
+    name: "logFile is a FIFO (must not block the plugin)",
+    code: 7,
+    pattern: /^logFile: \S+\/fifo is a FIFO, not a regular file$/,
+    call: ({ conf, fifo }) => ({ conf: { ...conf, logLevel: "debug", logFile: fifo }, timeoutMs: 20_000 }),
+  },
+  {
+    name: "logFile is a directory",
+    code: 7,
+    pattern: /^logFile: \/tmp is a directory, not a regular file$/,
+    call: ({ conf }) => ({ conf: { ...conf, logFile: "/tmp" } }),
   },
   {
     name: "CNI_NETNS is relative",
@@ -170,6 +188,22 @@ const CASES: BadCase[] = [
     pattern: /requested address 10\.1\.1\.1 is outside every range/,
     call: () => ({ args: "IgnoreUnknown=1;IP=10.1.1.1" }),
   },
+  ...([
+    ["CNI_ARGS IP", (gw: string) => ({ args: `IgnoreUnknown=1;IP=${gw}` })],
+    [
+      "args.cni.ips",
+      (gw: string, conf: Record<string, unknown>) => ({ conf: { ...conf, args: { cni: { ips: [gw] } } } }),
+    ],
+    [
+      "runtimeConfig.ips",
+      (gw: string, conf: Record<string, unknown>) => ({ conf: { ...conf, runtimeConfig: { ips: [gw] } } }),
+    ],
+  ] as const).map(([source, request]): BadCase => ({
+    name: `the range's gateway requested through ${source}`,
+    code: 7,
+    pattern: /requested address \S+ is the gateway of range \S+\/24, which no pod can hold/,
+    call: ({ conf, subnet }) => request(subnet.replace(/0\/24$/, "1"), conf),
+  })),
   {
     name: "hairpinMode together with promiscMode",
     code: 7,
@@ -227,8 +261,10 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
   const [existing, probe] = [uniq("tbx"), uniq("tby")];
   const scratch = Deno.makeTempDirSync({ prefix: "pontoon-bad-" });
   const fifo = `${scratch}/fifo`;
+  const loop = `${scratch}/loop`;
   try {
     await must("mkfifo", [fifo]);
+    Deno.symlinkSync(loop, loop);
     const [pe, pp] = await addNetns(existing, probe);
     const conf = net.conf("1.1.0", { ipMasq: true });
     const subnet = (conf.ipam as { ranges: { subnet: string }[][] }).ranges[0][0].subnet;
@@ -245,7 +281,7 @@ Deno.test("bad input is rejected with the spec's code, a message naming the fiel
           conf,
           containerId: probe,
           netns: pp,
-          ...bad.call({ conf, netns: pp, id: probe, subnet, fifo }),
+          ...bad.call({ conf, netns: pp, id: probe, subnet, fifo, loop }),
         };
         assertCniError(await cni(call), bad.code, bad.pattern);
         assert.deepEqual(await snapshot(net, [probe]), before, `${bad.name} changed the node`);

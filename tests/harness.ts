@@ -203,18 +203,41 @@ export function testNet(options: { v6?: boolean; subnet?: string; ipam?: Record<
   };
 }
 
-/** Removes Pontoon's per-node markers (/run/pontoon/state) for a bridge and a network. */
+const STATE_DIR = "/run/pontoon/state";
+
+/**
+ * Removes Pontoon's per-node markers (/run/pontoon/state) for a bridge and
+ * a network, in every node namespace, with their lock and temporary files.
+ */
 export function removeMarkers(bridge: string, network: string): void {
-  const dir = "/run/pontoon/state";
+  const dir = STATE_DIR;
+  const ours = (n: string, kind: string, name: string) => {
+    const i = n.indexOf(`-${kind}-${name}`);
+    const rest = i < 0 ? undefined : n.slice(i + kind.length + name.length + 2);
+    return rest === "" || rest === ".lock" || rest?.startsWith(".tmp-");
+  };
   try {
     for (const e of Deno.readDirSync(dir)) {
-      if (e.name.endsWith(`-bridge-${bridge}`) || e.name.endsWith(`-masq-${network}`)) {
+      if (ours(e.name, "bridge", bridge) || ours(e.name, "masq", network)) {
         try {
           Deno.removeSync(`${dir}/${e.name}`);
         } catch { /* raced */ }
       }
     }
   } catch { /* no state dir */ }
+}
+
+/**
+ * Removes every marker the plugin made while running inside the named
+ * netns (markers are keyed by the namespace's inode); call before deleting it.
+ */
+export function removeNamespaceMarkers(netns: string): void {
+  try {
+    const ino = Deno.statSync(`/run/netns/${netns}`).ino;
+    for (const e of Deno.readDirSync(STATE_DIR)) {
+      if (e.name.startsWith(`${ino}-`)) Deno.removeSync(`${STATE_DIR}/${e.name}`);
+    }
+  } catch { /* no netns or no markers */ }
 }
 
 /** Node state the plugin could have changed for a network. */

@@ -9,7 +9,7 @@
  */
 import { hostVethName } from "../lib/bridge.ts";
 import { apiRequest } from "../lib/apiclient.ts";
-import { PLUGIN, sh, uniq } from "./harness.ts";
+import { PLUGIN, removeNamespaceMarkers, sh, uniq } from "./harness.ts";
 import { KubeApiServer, testNode } from "./kubeapi.ts";
 
 /** A running sandbox. */
@@ -168,6 +168,7 @@ export async function stopSandbox(sb: Sandbox, agent: Deno.ChildProcess | undefi
     clearTimeout(timer);
   }
   for (const ns of sb.podNetns) await sh("ip", ["netns", "del", ns]);
+  removeNamespaceMarkers(sb.nodeNs);
   await sh("ip", ["netns", "del", sb.nodeNs]);
   await sh("ip", ["link", "del", sb.underlay]);
   await sb.kube?.close();

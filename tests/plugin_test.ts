@@ -167,6 +167,74 @@ Deno.test("CHECK fails when the reservation is gone, when prevResult is missing,
   }
 });
 
+Deno.test("CHECK refuses a prevResult whose ips[].interface names no interface (7) or a host interface (104)", async () => {
+  const net = testNet();
+  const a = uniq("tci");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0");
+    const add = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(add);
+    // A second address CHECK would otherwise never look for: it is on no pod interface.
+    const extra = (index: number) => ({
+      ...add.json,
+      ips: [...add.json.ips, { address: "192.0.2.9/24", interface: index }],
+    });
+    const check = (prevResult: unknown) =>
+      cni({ command: "CHECK", conf: { ...conf, prevResult }, containerId: a, netns: pa });
+    assertCniError(
+      await check(extra(7)),
+      7,
+      /^prevResult\.ips\[1\]\.interface: 7 names no entry of prevResult\.interfaces \(it has 3\), so prevResult is malformed$/,
+    );
+    assertCniError(
+      await check(extra(1)),
+      104,
+      new RegExp(`^prevResult\\.ips\\[1\\] puts 192\\.0\\.2\\.9/24 on host interface ${add.json.interfaces[1].name};`),
+    );
+    assertOk(await check(add.json), "CHECK of the untouched result");
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
+/** This process's markers (the node's netns) for the network's bridge and masquerade table. */
+function markersOf(net: { bridge: string; name: string }): string[] {
+  const ns = Deno.readLinkSync("/proc/self/ns/net").replace(/\D/g, "");
+  const mine = [`${ns}-bridge-${net.bridge}`, `${ns}-masq-${net.name}`].flatMap((m) => [m, `${m}.lock`]);
+  return [...Deno.readDirSync("/run/pontoon/state")].map((e) => e.name).filter((n) => mine.includes(n)).sort();
+}
+
+Deno.test("GC prunes the node markers of its bridge and network once the bridge is gone; DEL leaves them", async () => {
+  const net = testNet();
+  const a = uniq("tgm");
+  try {
+    const [pa] = await addNetns(a);
+    const conf = net.conf("1.1.0", { ipMasq: true });
+    const gc = { ...conf, "cni.dev/valid-attachments": [] };
+    assertOk(await cni({ command: "ADD", conf, containerId: a, netns: pa }));
+    const made = markersOf(net);
+    assert.equal(made.length, 4, `bridge and masq markers with their locks: ${made}`);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+    assertOk(await cni({ command: "GC", conf: gc }));
+    assert.deepEqual(markersOf(net), made, "DEL or GC removed the markers of a bridge that still exists");
+    await must("ip", ["link", "del", net.bridge]);
+    assertOk(await cni({ command: "GC", conf: gc }));
+    assert.deepEqual(markersOf(net), [], "GC left the markers of a gone bridge");
+    // The next ADD simply does the work again.
+    const again = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    assertOk(again);
+    assert.ok(linkExists(net.bridge), "the bridge was not re-created");
+    assert.equal(markersOf(net).length, 4);
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
+    await net.cleanup();
+  }
+});
+
 Deno.test("DEL succeeds with CNI_NETNS empty, with a deleted netns, and for a container never added", async () => {
   const net = testNet({ v6: true });
   const [a, b] = [uniq("tpd"), uniq("tpe")];
@@ -552,6 +620,41 @@ Deno.test("vlan makes the pod port an untagged VLAN member, or fails cleanly whe
     for (const [id, p] of [[a, pa], [b, pb]]) assertOk(await cni({ command: "DEL", conf, containerId: id, netns: p }));
   } finally {
     await delNetns(a, b);
+    await net.cleanup();
+  }
+});
+
+Deno.test("vlan on a bridge that existed without VLAN filtering turns filtering on, or fails and leaves the bridge alone", async () => {
+  const net = testNet();
+  const a = uniq("tvx");
+  try {
+    const [pa] = await addNetns(a);
+    await must("ip", ["link", "add", "name", net.bridge, "type", "bridge"]);
+    const conf = net.conf("1.1.0", { vlan: 100 });
+    const bridgeState = async () => {
+      const [l] = JSON.parse(await must("ip", ["-j", "-d", "link", "show", net.bridge]));
+      return { flags: l.flags, filtering: l.linkinfo.info_data.vlan_filtering };
+    };
+    const before = { ...(await snapshot(net)), bridge: await bridgeState() };
+    const out = await cni({ command: "ADD", conf, containerId: a, netns: pa });
+    if (!(await kernelFiltersVlans())) {
+      assertCniError(
+        out,
+        102,
+        new RegExp(`^vlan: bridge ${net.bridge} has vlan_filtering off and this kernel cannot filter VLANs`),
+      );
+      const after = { ...(await snapshot(net)), bridge: await bridgeState() };
+      assert.deepEqual(after.links, before.links);
+      assert.deepEqual(after.addresses, before.addresses);
+      assert.deepEqual(after.bridge, before.bridge);
+      assert.ok(!after.ipamFiles.some((f) => /\d+\.\d+\.\d+\.\d+$/.test(f)), "reservation left behind");
+      return;
+    }
+    assertOk(out);
+    assert.equal((await bridgeState()).filtering, 1, "vlan_filtering still off on the existing bridge");
+    assertOk(await cni({ command: "DEL", conf, containerId: a, netns: pa }));
+  } finally {
+    await delNetns(a);
     await net.cleanup();
   }
 });
