@@ -19,7 +19,7 @@ PLUGIN_PERMISSIONS := --allow-env --allow-read --allow-write --allow-run --allow
 APT_PACKAGES := iproute2 nftables iptables iputils-ping containernetworking-plugins golang-go \
 	golang-github-appc-cni-dev podman runc containerd busybox-static iperf3 util-linux procps kmod openssl tcpdump curl time
 
-.PHONY: all deps build compile test test-unit demo demo-cluster bench soak fmt lint check clean
+.PHONY: all deps build compile test demo demo-cluster bench soak fmt lint check clean
 
 all: build
 

@@ -13,6 +13,7 @@ import { parseArgs } from "node:util";
 import { canonicalNetwork, type Cidr, parseCidr } from "./addr.ts";
 import { AgentUnreachableError, type ApiReply, apiRequest, DEFAULT_API_SOCKET } from "./apiclient.ts";
 import { SUPPORTED_VERSIONS } from "./cni.ts";
+import { CONFLIST_VERSION, CONFLIST_VERSIONS } from "./conflist.ts";
 import { VERSION } from "./version.ts";
 
 export { VERSION };
@@ -316,6 +317,8 @@ the conflist.
   --ipam-data-dir DIR   the IPAM store (default /var/lib/cni/networks)
   --bridge NAME         bridge name (default pontoon0)
   --mtu N               pod MTU (default: the default route's MTU)
+  --conflist-version V  cniVersion of the conflist: 1.1.0 (default) or 1.0.0 for runtimes whose
+                        libcni predates CNI 1.1 (containerd 1.7 and older, podman 4)
   --skip-binary         do not copy the program (only the conflist and/or node settings)
   --node-settings       also set what routing pods needs on this node (ip_forward, br_netfilter,
                         rp_filter) for the families of --cluster-cidr: the DaemonSet's privileged
@@ -349,6 +352,7 @@ async function cmdInstall(args: string[]): Promise<number> {
         "ipam-data-dir": { type: "string", default: "/var/lib/cni/networks" },
         bridge: { type: "string", default: "pontoon0" },
         mtu: { type: "string" },
+        "conflist-version": { type: "string", default: CONFLIST_VERSION },
         "skip-binary": { type: "boolean", default: false },
         "node-settings": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
@@ -372,6 +376,12 @@ async function cmdInstall(args: string[]): Promise<number> {
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
       throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
     }
+  }
+  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
+  if (!conflistVersion) {
+    throw new UsageError(
+      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
+    );
   }
   const podCidrs = cidrList("pod-cidr", values["pod-cidr"]);
   const clusterCidrs = cidrList("cluster-cidr", values["cluster-cidr"]);
@@ -407,6 +417,7 @@ async function cmdInstall(args: string[]): Promise<number> {
       ipamDataDir: values["ipam-data-dir"],
       bridge: values.bridge,
       mtu,
+      conflistVersion,
     };
     const written = await install.writeStandaloneNetwork(net);
     out(`${written.changed ? "wrote" : "unchanged:"} ${written.path} (${install.describeNetwork(net)})`);

@@ -17,7 +17,15 @@
  * @module
  */
 import { type Cidr, formatCidr } from "./addr.ts";
-import { buildConflist, CONFLIST_FILE, hasPlugin, renderConflist, writeConflistIfChanged } from "./conflist.ts";
+import {
+  buildConflist,
+  CONFLIST_FILE,
+  CONFLIST_VERSION,
+  type CONFLIST_VERSIONS,
+  hasPlugin,
+  renderConflist,
+  writeConflistIfChanged,
+} from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
 
 /** The file name runtimes exec (the conflist's `type`). */
@@ -199,6 +207,8 @@ export interface StandaloneNetwork {
   ipamDataDir: string;
   bridge: string;
   mtu?: number;
+  /** The conflist's `cniVersion` (default {@link CONFLIST_VERSION}). */
+  conflistVersion?: (typeof CONFLIST_VERSIONS)[number];
 }
 
 /**
@@ -214,6 +224,7 @@ export function standaloneConflist(net: StandaloneNetwork): Record<string, unkno
     bridge: net.bridge,
     mtu: net.mtu,
     portmap: hasPlugin(net.cniBinDir, "portmap"),
+    cniVersion: net.conflistVersion,
   });
   const plugins = doc.plugins as Record<string, unknown>[];
   plugins[0].ipMasq = net.clusterCidrs.length === 0;

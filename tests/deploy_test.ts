@@ -106,7 +106,7 @@ Deno.test("deploy: every manifest parses, has a known kind and apiVersion, valid
   assert.deepEqual(new Set(all.map((m) => m.doc.kind)), new Set(Object.keys(API_VERSIONS)));
 });
 
-Deno.test("deploy: RBAC grants only get/list/watch on nodes, bound to the DaemonSet's service account", () => {
+Deno.test("deploy: RBAC grants only list/watch on nodes, bound to the DaemonSet's service account", () => {
   const role = only("ClusterRole");
   assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["list", "watch"] }]);
   const binding = only("ClusterRoleBinding");

@@ -187,6 +187,7 @@ Deno.test("install: bad flags are usage errors and touch nothing", async () => {
         ["--cni-bin-dir", "relative/bin"],
         ["--bridge", "a bridge"],
         ["--mtu", "9"],
+        ["--pod-cidr", "10.1.0.0/24", "--conflist-version", "0.4.0"],
       ]
     ) {
       const r = await sh(PLUGIN, ["install", "--cni-bin-dir", `${dir}/bin`, "--cni-conf-dir", `${dir}/net.d`, ...args]);
@@ -202,6 +203,20 @@ Deno.test("install: bad flags are usage errors and touch nothing", async () => {
       bridge: "pontoon0",
     });
     assert.equal((withCluster.plugins as { ipMasq: boolean }[])[0].ipMasq, false);
+    assert.equal(withCluster.cniVersion, "1.1.0", "1.1.0 unless asked otherwise");
+    // Runtimes on libcni before CNI 1.1 (containerd 1.7, podman 4) need 1.0.0.
+    const r = await sh(PLUGIN, [
+      "install",
+      "--skip-binary",
+      "--cni-conf-dir",
+      `${dir}/net.d`,
+      "--pod-cidr",
+      "10.42.1.0/24",
+      "--conflist-version",
+      "1.0.0",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(Deno.readTextFileSync(`${dir}/net.d/10-pontoon.conflist`)).cniVersion, "1.0.0");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
