@@ -23,6 +23,7 @@ import {
 } from "./agentstate.ts";
 import { startApiServer, type TcpOptions } from "./api.ts";
 import { agentApiSource } from "./agentapi.ts";
+import { currentBootId, syncedMarkerPath } from "./agentclient.ts";
 import { AgentMetrics } from "./metrics.ts";
 import {
   buildConflist,
@@ -288,6 +289,7 @@ export class Agent implements AgentStateSource {
   #listed = false;
   #conflistWritten = false;
   #routesReconciled = false;
+  #syncMarked = false;
   #reason = "waiting for the first node list from the Kubernetes API";
   #podCidrs: Cidr[] = [];
   #routes: PeerRoute[] = [];
@@ -404,6 +406,23 @@ export class Agent implements AgentStateSource {
     this.#lastSync = new Date().toISOString();
     this.#reason = "synced";
     this.#counters.reconciles++;
+    this.#markSynced();
+  }
+
+  /** Leaves `<api-socket>.synced` (this boot's id) once: the plugin's STATUS reads it while no agent answers. */
+  #markSynced(): void {
+    if (this.#syncMarked || !this.synced) return;
+    const path = syncedMarkerPath(this.#options.apiSocket);
+    const boot = currentBootId();
+    if (boot === null) return;
+    try {
+      const tmp = `${path}.tmp-${Deno.pid}`;
+      Deno.writeTextFileSync(tmp, `${boot}\n`, { mode: 0o600 });
+      Deno.renameSync(tmp, path);
+      this.#syncMarked = true;
+    } catch (err) {
+      log("warn", `cannot write ${path}: ${(err as Error).message}`);
+    }
   }
 
   #notReady(reason: string): void {

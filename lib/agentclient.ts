@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { LibcError, unixDatagramSend, unixExchange } from "./libc.ts";
+import { LibcError, readSmallFile, unixDatagramSend, unixExchange } from "./libc.ts";
 
 /** An agent's answer: HTTP status and body text. */
 export interface AgentReply {
@@ -67,4 +67,37 @@ export function reportToAgent(apiSocket: string, report: OutcomeReport): void {
   try {
     unixDatagramSend(reportSocketPath(apiSocket), new TextEncoder().encode(body));
   } catch { /* reporting must never affect the verb */ }
+}
+
+/**
+ * The file an agent leaves beside its socket once it has synced on this
+ * boot; it holds the kernel's boot id, so one left from before a reboot
+ * (when the socket is not under /run) does not count.
+ */
+export function syncedMarkerPath(apiSocket: string): string {
+  return `${apiSocket}.synced`;
+}
+
+/** This boot's id (`/proc/sys/kernel/random/boot_id`), or null when unreadable. */
+export function currentBootId(): string | null {
+  try {
+    return readSmallFile("/proc/sys/kernel/random/boot_id")?.trim() || null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * True when an agent serving `apiSocket` has synced at least once since
+ * this boot. An agent restart (a DaemonSet update) leaves the node's routes
+ * and conflist in place, so the network stays usable while no agent answers.
+ */
+export function agentSyncedThisBoot(apiSocket: string): boolean {
+  const boot = currentBootId();
+  if (boot === null) return false;
+  try {
+    return readSmallFile(syncedMarkerPath(apiSocket))?.trim() === boot;
+  } catch {
+    return false;
+  }
 }

@@ -23,7 +23,7 @@ import {
 import { type CniEnv, compareVersions, readCniEnv, SUPPORTED_VERSIONS } from "./cni.ts";
 import { BUILTIN_IPAM, type BuiltinIpam, decodeConfig, isMac, loadNetConf, type NetConf } from "./config.ts";
 import { findPlugin, runDelegate } from "./delegate.ts";
-import { agentGet, reportToAgent } from "./agentclient.ts";
+import { agentGet, agentSyncedThisBoot, reportToAgent } from "./agentclient.ts";
 import { asCniError, CniError, ErrorCode } from "./errors.ts";
 import { masqueradeInstalled, masqueradeScript, runNftScript } from "./firewall.ts";
 import { addressesOf, collectGarbage, IpamStore, poolUsage, releaseAddresses, reserveAddresses } from "./ipam.ts";
@@ -430,16 +430,23 @@ async function cmdStatus({ env, conf }: Invocation): Promise<void> {
 }
 
 /** Under an agent, the node is ready only once the agent has synced. */
+/**
+ * 50 until the node's agent has synced. Once an agent has synced on this
+ * boot, its routes and conflist stay in force while it restarts, so an
+ * agent that is down or re-syncing is logged, not reported: a DaemonSet
+ * update must not flip the node's network to not-ready.
+ */
 function requireAgentReady(socket: string): void {
-  let reply;
+  let problem: string;
   try {
-    reply = agentGet(socket, "/readyz");
+    const reply = agentGet(socket, "/readyz");
+    if (reply.status === 200) return;
+    problem = `node agent not ready: ${reply.body.trim() || `HTTP ${reply.status}`}`;
   } catch (err) {
-    throw new CniError(ErrorCode.NotAvailable, `node agent not reachable at ${socket}: ${(err as Error).message}`);
+    problem = `node agent not reachable at ${socket}: ${(err as Error).message}`;
   }
-  if (reply.status !== 200) {
-    throw new CniError(ErrorCode.NotAvailable, `node agent not ready: ${reply.body.trim() || `HTTP ${reply.status}`}`);
-  }
+  if (!agentSyncedThisBoot(socket)) throw new CniError(ErrorCode.NotAvailable, problem);
+  log("warn", `${problem}; it synced earlier on this boot, so the node's routes stay in force`);
 }
 
 function requireVersion(conf: NetConf, min: string, verb: string): void {

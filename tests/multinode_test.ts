@@ -257,6 +257,12 @@ Deno.test({
           assert.deepEqual(await c.routes(n), c.expectedRoutes(others(n)), "routes stay on shutdown");
         }
         assert.ok(await c.ping(p1, p2.ip6), "traffic flows with no agent running");
+        // The agents synced on this boot, so a restart must not flip the network to not-ready.
+        for (const n of [n1, n2]) {
+          const status = await c.cni(n, "STATUS");
+          assert.equal(status.code, 0, `STATUS while ${n.name}'s agent restarts: ${status.stdout}`);
+          assert.match(status.stderr, /not reachable.*synced earlier on this boot/);
+        }
         for (const n of [n1, n2]) c.startAgent(n);
         for (const n of [n1, n2]) await eventually(`${n.name} ready again`, () => c.isReady(n));
         const result = await pinging;

@@ -518,7 +518,7 @@ Deno.test("host-local works as a delegated IPAM plugin from CNI_PATH", async () 
   }
 });
 
-Deno.test("STATUS under an agent is 50 until the agent answers /readyz with 200", async () => {
+Deno.test("STATUS under an agent is 50 until the agent has synced on this boot, then stays 0 while it restarts", async () => {
   const net = testNet();
   const socket = `/tmp/pontoon-agent-${uniq("s")}.sock`;
   let ready = false;
@@ -537,9 +537,20 @@ Deno.test("STATUS under an agent is 50 until the agent answers /readyz with 200"
       50,
       /not reachable/,
     );
+    // An agent that synced on this boot leaves <socket>.synced with the boot id:
+    // while it restarts (down, or re-syncing) STATUS stays 0.
+    ready = false;
+    const bootId = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+    Deno.writeTextFileSync(`${socket}.synced`, "00000000-0000-0000-0000-000000000000\n");
+    assertCniError(await cni({ command: "STATUS", conf }), 50, /not ready/);
+    Deno.writeTextFileSync(`${socket}.synced`, `${bootId}\n`);
+    const restarting = await cni({ command: "STATUS", conf });
+    assertOk(restarting, "STATUS while a synced agent re-syncs");
+    assert.match(restarting.stderr, /synced earlier on this boot/);
   } finally {
     await server.shutdown();
     await Deno.remove(socket).catch(() => {});
+    await Deno.remove(`${socket}.synced`).catch(() => {});
     await net.cleanup();
   }
 });
