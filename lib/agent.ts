@@ -13,7 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Cidr, type Family, formatCidr, formatIp, parseCidr } from "./addr.ts";
+import { type Cidr, type Family, formatCidr, formatIp } from "./addr.ts";
 import {
   type AgentCounters,
   type AgentNode,
@@ -34,6 +34,7 @@ import {
   writeConflistIfChanged,
 } from "./conflist.ts";
 import { clusterMasqueradeScript, ensureClusterMasquerade } from "./firewall.ts";
+import { absolutePathFlag, bridgeFlag, cidrsFlag, conflistVersionFlag, mtuFlag, UsageError } from "./flags.ts";
 import {
   type InformerHandlers,
   KubeClient,
@@ -85,15 +86,6 @@ export interface AgentOptions {
   /** Also serve the REST API on TCP (needs `apiTokenFile`). */
   apiListen?: { hostname: string; port: number };
   apiTokenFile?: string;
-}
-
-/** A command line that cannot be used; the message says why. */
-export class UsageError extends Error {
-  /** Makes an error with `message`. */
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
 }
 
 /** Usage text of `pontoon agent`. */
@@ -155,41 +147,22 @@ export function parseAgentArgs(args: string[], env: Record<string, string | unde
     throw new UsageError(`--node-name: ${JSON.stringify(nodeName)} is not a Kubernetes node name (set NODE_NAME)`);
   }
   for (const flag of ["cni-conf-dir", "cni-bin-dir", "ipam-data-dir", "api-socket"] as const) {
-    if (!values[flag].startsWith("/")) throw new UsageError(`--${flag}: ${values[flag]} must be an absolute path`);
+    absolutePathFlag(flag, values[flag]);
   }
-  const clusterCidrs = values["cluster-cidr"].map((text) => {
-    const cidr = parseCidr(text);
-    if (!cidr) throw new UsageError(`--cluster-cidr: ${JSON.stringify(text)} is not a CIDR`);
-    return cidr;
-  });
+  const clusterCidrs = cidrsFlag("cluster-cidr", values["cluster-cidr"]);
   const resync = Number(values["resync-interval"]);
   if (!Number.isFinite(resync) || resync < 0.1) {
     throw new UsageError(`--resync-interval: ${values["resync-interval"]} is not a number of seconds ≥ 0.1`);
   }
-  let mtu: number | undefined;
-  if (values.mtu !== undefined) {
-    mtu = Number(values.mtu);
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
-      throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
-    }
-  }
+  const mtu = mtuFlag(values.mtu);
   const apiListen = values["api-listen"] === undefined ? undefined : parseListen(values["api-listen"]);
   if (apiListen && values["api-token-file"] === undefined) {
     throw new UsageError("--api-listen: needs --api-token-file (the TCP API is never served without a token)");
   }
-  if (values["api-token-file"] !== undefined && !values["api-token-file"].startsWith("/")) {
-    throw new UsageError(`--api-token-file: ${values["api-token-file"]} must be an absolute path`);
-  }
-  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
-  if (!conflistVersion) {
-    throw new UsageError(
-      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
-    );
-  }
+  if (values["api-token-file"] !== undefined) absolutePathFlag("api-token-file", values["api-token-file"]);
+  const conflistVersion = conflistVersionFlag(values["conflist-version"]);
   if (!isLogLevel(values["log-level"])) throw new UsageError(`--log-level: ${values["log-level"]} is not a level`);
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
-    throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
-  }
+  bridgeFlag(values.bridge);
   return {
     nodeName,
     kubeconfig: values.kubeconfig,

@@ -10,10 +10,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { canonicalNetwork, type Cidr, parseCidr } from "./addr.ts";
 import { AgentUnreachableError, type ApiReply, apiRequest, DEFAULT_API_SOCKET } from "./apiclient.ts";
 import { SUPPORTED_VERSIONS } from "./cni.ts";
-import { CONFLIST_VERSION, CONFLIST_VERSIONS } from "./conflist.ts";
+import { CONFLIST_VERSION } from "./conflist.ts";
+import { absolutePathFlag, bridgeFlag, cidrsFlag, conflistVersionFlag, mtuFlag, UsageError } from "./flags.ts";
 import { VERSION } from "./version.ts";
 
 export { VERSION };
@@ -40,9 +40,6 @@ Every command takes --help. Commands that ask the agent take
 
 /** Exit codes. */
 const EXIT = { ok: 0, failed: 1, usage: 2, notReady: 3 } as const;
-
-/** A command line that cannot be used. */
-class UsageError extends Error {}
 
 function out(text: string): void {
   Deno.stdout.writeSync(new TextEncoder().encode(text.endsWith("\n") ? text : text + "\n"));
@@ -325,18 +322,6 @@ the conflist.
                         init step, so the agent itself needs no write access to /proc/sys
 `;
 
-function cidrList(flag: string, texts: string[]): Cidr[] {
-  const seen = new Set<number>();
-  return texts.map((t) => {
-    const cidr = parseCidr(t);
-    if (!cidr) throw new UsageError(`--${flag}: ${JSON.stringify(t)} is not a CIDR`);
-    if (canonicalNetwork(cidr).value !== cidr.value) throw new UsageError(`--${flag}: ${t} has host bits set`);
-    if (seen.has(cidr.family)) throw new UsageError(`--${flag}: one CIDR per address family`);
-    seen.add(cidr.family);
-    return cidr;
-  });
-}
-
 async function cmdInstall(args: string[]): Promise<number> {
   let values;
   try {
@@ -362,29 +347,12 @@ async function cmdInstall(args: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
   if (values.help) return help(INSTALL_HELP);
-  for (const flag of ["cni-bin-dir", "cni-conf-dir", "ipam-data-dir"] as const) {
-    if (!values[flag].startsWith("/") || values[flag].split("/").includes("..")) {
-      throw new UsageError(`--${flag}: ${values[flag]} must be an absolute path without ..`);
-    }
-  }
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(values.bridge)) {
-    throw new UsageError(`--bridge: ${values.bridge} is not a link name`);
-  }
-  let mtu: number | undefined;
-  if (values.mtu !== undefined) {
-    mtu = Number(values.mtu);
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
-      throw new UsageError(`--mtu: ${values.mtu} is not 68..65535`);
-    }
-  }
-  const conflistVersion = CONFLIST_VERSIONS.find((v) => v === values["conflist-version"]);
-  if (!conflistVersion) {
-    throw new UsageError(
-      `--conflist-version: ${values["conflist-version"]} is not one of ${CONFLIST_VERSIONS.join(", ")}`,
-    );
-  }
-  const podCidrs = cidrList("pod-cidr", values["pod-cidr"]);
-  const clusterCidrs = cidrList("cluster-cidr", values["cluster-cidr"]);
+  for (const flag of ["cni-bin-dir", "cni-conf-dir", "ipam-data-dir"] as const) absolutePathFlag(flag, values[flag]);
+  bridgeFlag(values.bridge);
+  const mtu = mtuFlag(values.mtu);
+  const conflistVersion = conflistVersionFlag(values["conflist-version"]);
+  const podCidrs = cidrsFlag("pod-cidr", values["pod-cidr"]);
+  const clusterCidrs = cidrsFlag("cluster-cidr", values["cluster-cidr"]);
   if (values["node-settings"] && clusterCidrs.length === 0) {
     throw new UsageError("--node-settings: needs --cluster-cidr (its families say which sysctls to set)");
   }

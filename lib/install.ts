@@ -20,7 +20,6 @@ import { type Cidr, formatCidr } from "./addr.ts";
 import {
   buildConflist,
   CONFLIST_FILE,
-  CONFLIST_VERSION,
   type CONFLIST_VERSIONS,
   hasPlugin,
   renderConflist,
@@ -207,7 +206,7 @@ export interface StandaloneNetwork {
   ipamDataDir: string;
   bridge: string;
   mtu?: number;
-  /** The conflist's `cniVersion` (default {@link CONFLIST_VERSION}). */
+  /** The conflist's `cniVersion` (default: `CONFLIST_VERSION`, 1.1.0). */
   conflistVersion?: (typeof CONFLIST_VERSIONS)[number];
 }
 
