@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { type Cidr, contains, formatCidr, formatIp, type Ip, parseCidr } from "./addr.ts";
+import { type Cidr, contains, formatCidr, formatIp, type Ip } from "./addr.ts";
 import { CniError, ErrorCode } from "./errors.ts";
 import { type IpCommand, runBatch, runBatchOrThrow, runBridgeBatch, showJson } from "./ip.ts";
 import {
@@ -105,7 +105,7 @@ async function setUpBridge(spec: BridgeSpec, key: string): Promise<void> {
   if (spec.vlan) await requireVlanFiltering(spec.name, spec.vlan);
   const commands: IpCommand[] = [["link", "set", "dev", spec.name, "up"]];
   if (spec.promisc) commands.push(["link", "set", "dev", spec.name, "promisc", "on"]);
-  commands.push(...await gatewayCommands(spec));
+  commands.push(...gatewayCommands(spec));
   await runBatchOrThrow(commands);
   if (spec.vlan) {
     await runBridgeBatch([["vlan", "add", "dev", spec.name, "vid", String(spec.vlan), "self", "pvid", "untagged"]]);
@@ -172,18 +172,9 @@ async function createBridge(spec: BridgeSpec): Promise<void> {
   }
 }
 
-interface AddrInfo {
-  family: string;
-  local: string;
-  prefixlen: number;
-  scope: string;
-}
-
-async function gatewayCommands(spec: BridgeSpec): Promise<IpCommand[]> {
+function gatewayCommands(spec: BridgeSpec): IpCommand[] {
   if (spec.gateways.length === 0) return [];
-  const [link] = await showJson<{ addr_info?: AddrInfo[] }>(["addr", "show", "dev", spec.name]);
-  const present = (link?.addr_info ?? []).filter((a) => a.scope !== "link")
-    .map((a) => parseCidr(`${a.local}/${a.prefixlen}`)!).filter((c) => c !== null);
+  const present = bridgeAddresses(spec.name);
   const commands: IpCommand[] = [];
   for (const gw of spec.gateways) {
     if (present.some((p) => p.family === gw.family && p.value === gw.value && p.prefix === gw.prefix)) continue;
@@ -382,10 +373,8 @@ export function inspectPod(netns: string, ifname: string): PodView {
   }
 }
 
-/** The bridge's global (non-link-local) addresses with their prefix; empty when it is absent. */
-export async function bridgeAddresses(bridge: string): Promise<Cidr[]> {
-  if (!linkExists(bridge)) return [];
-  const [link] = await showJson<{ addr_info?: AddrInfo[] }>(["addr", "show", "dev", bridge]);
-  return (link?.addr_info ?? []).filter((a) => a.scope !== "link")
-    .map((a) => parseCidr(`${a.local}/${a.prefixlen}`)).filter((c): c is Cidr => c !== null);
+/** The bridge's global (not link-local) addresses with their prefix, over netlink; empty when it is absent. */
+export function bridgeAddresses(bridge: string): Cidr[] {
+  const index = linkIndex(bridge);
+  return index === null ? [] : linkAddresses(nodeSocket(), index, { globalOnly: true });
 }

@@ -1,14 +1,14 @@
 /**
  * The one place that runs `ip` (iproute2).
  *
- * Commands are given as argument arrays and sent as one `ip -batch -` per
- * namespace side, so a pod ADD costs two process spawns, not twenty. Every
- * token is checked to be free of whitespace, quotes and comment markers
- * before it reaches the batch parser.
+ * Commands are given as argument arrays and sent as one `ip -batch -`, so
+ * the once-per-node bridge set-up and GC cost one process spawn, not
+ * twenty (the per-pod steps use netlink, `netlink.ts`). Every token is
+ * checked to be free of whitespace, quotes and comment markers before it
+ * reaches the batch parser.
  *
  * @module
  */
-import { spawnInNetns } from "./netns.ts";
 
 /** One `ip` command as arguments, without the leading `ip`. */
 export type IpCommand = string[];
@@ -25,8 +25,6 @@ export interface BatchResult {
 
 /** Options for a batch. */
 export interface BatchOptions {
-  /** Run inside the network namespace at this path. */
-  netns?: string;
   /** Pass `-json` (for `show` commands). */
   json?: boolean;
   /** Keep going after a failing command (`-force`). */
@@ -61,7 +59,7 @@ function toBatchText(commands: IpCommand[]): string {
 
 const decoder = new TextDecoder();
 
-/** Runs `commands` through one `ip -batch -`, optionally inside a netns. */
+/** Runs `commands` through one `ip -batch -` in the node's netns. */
 export async function runBatch(commands: IpCommand[], options: BatchOptions = {}): Promise<BatchResult> {
   if (commands.length === 0) return { ok: true, stdout: "", stderr: "" };
   const args = [];
@@ -69,7 +67,7 @@ export async function runBatch(commands: IpCommand[], options: BatchOptions = {}
   if (options.force) args.push("-force");
   args.push("-batch", "-");
   const command = new Deno.Command("ip", { args, stdin: "piped", stdout: "piped", stderr: "piped" });
-  const child = options.netns ? spawnInNetns(options.netns, command) : command.spawn();
+  const child = command.spawn();
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(toBatchText(commands)));
   await writer.close();
@@ -99,25 +97,6 @@ export async function showJson<T = Record<string, unknown>>(
   const result = await runBatchOrThrow([command], { ...options, json: true });
   const text = result.stdout.trim();
   return text === "" ? [] : JSON.parse(text) as T[];
-}
-
-/**
- * Runs several `ip -json` show commands in one batch and returns each
- * command's parsed output, in order. Missing objects give `[]`, not errors.
- */
-export async function showJsonMany(commands: IpCommand[], options: BatchOptions = {}): Promise<unknown[][]> {
-  const result = await runBatch(commands, { ...options, json: true, force: true });
-  // ip -json -batch prints one JSON document per command on its own line;
-  // a failed command prints nothing.
-  const docs = result.stdout.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l) as unknown[]);
-  if (docs.length === commands.length) return docs;
-  // Fall back to one spawn per command when output cannot be attributed.
-  const out: unknown[][] = [];
-  for (const cmd of commands) {
-    const r = await runBatch([cmd], { ...options, json: true });
-    out.push(r.ok && r.stdout.trim() !== "" ? JSON.parse(r.stdout) : []);
-  }
-  return out;
 }
 
 /** Runs `bridge -batch -` (iproute2's bridge tool, for VLAN settings). */

@@ -285,12 +285,17 @@ function ipFrom(bytes: Uint8Array): Ip {
   return { family: bytes.length === 4 ? 4 : 6, value };
 }
 
-/** The addresses on link `index` (every family and scope), as `ip addr show dev` lists them. */
-export function linkAddresses(sock: RtnlSocket, index: number): Cidr[] {
+/**
+ * The addresses on link `index`, as `ip addr show dev` lists them: every
+ * family and scope, or with `globalOnly` none of link or host scope.
+ */
+export function linkAddresses(sock: RtnlSocket, index: number, options: { globalOnly?: boolean } = {}): Cidr[] {
   const out: Cidr[] = [];
   for (const reply of sock.dump("list addresses", RTM_GETADDR, new Uint8Array(8))) {
     const view = new DataView(reply.buffer, reply.byteOffset, reply.byteLength);
     if (view.getUint32(4, true) !== index) continue;
+    // ifaddrmsg: family, prefixlen, flags, scope, index.
+    if (options.globalOnly && reply[3] >= RT_SCOPE_LINK) continue;
     const attrs = parseAttrs(reply, 8);
     const bytes = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
     if (bytes && (bytes.length === 4 || bytes.length === 16)) out.push({ ...ipFrom(bytes), prefix: reply[1] });

@@ -1,11 +1,11 @@
 /**
  * Network namespaces through Deno FFI: validating a netns path and running
- * a process inside one.
+ * synchronous work (opening a netlink socket) inside one.
  *
  * `setns(2)` changes only the calling thread. Pontoon enters a namespace
- * only inside a fully synchronous window (enter, spawn, leave) so no async
- * operation ever runs on a thread that is in the wrong namespace; the
- * spawned child inherits the namespace it was forked in.
+ * only inside a fully synchronous window (enter, work, leave) so no async
+ * operation ever runs on a thread that is in the wrong namespace; a socket
+ * opened there stays bound to that namespace after the thread leaves.
  *
  * @module
  */
@@ -97,13 +97,4 @@ export function withNetnsFd<T>(path: string, fn: (fd: number) => T): T {
   } finally {
     libc().close(fd);
   }
-}
-
-/**
- * Spawns `command` inside the network namespace at `path`. The calling
- * thread enters the namespace, forks the child and returns, all
- * synchronously.
- */
-export function spawnInNetns(path: string, command: Deno.Command): Deno.ChildProcess {
-  return inNetns(path, () => command.spawn());
 }

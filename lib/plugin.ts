@@ -328,7 +328,7 @@ async function cmdCheck({ env, conf }: Invocation): Promise<void> {
     });
     if (!present) failed(`route ${route.dst}${route.gw ? ` via ${route.gw}` : ""} is missing in ${env.netns}`);
   }
-  if (conf.isGateway) await checkGateways(conf, expected);
+  if (conf.isGateway) checkGateways(conf, expected);
   await checkIpam(env, conf, expected.map((i) => i.address));
   if (conf.ipMasq) {
     const subnets = expected.map((i) => canonicalNetwork(parseCidr(i.address)!));
@@ -365,8 +365,8 @@ function podAddresses(prev: Result, podIndex: number, ifname: string): NonNullab
 }
 
 /** The gateway of each expected address must sit on the bridge (ADD put it there). */
-async function checkGateways(conf: NetConf, expected: { address: string; gateway?: string }[]): Promise<void> {
-  const present = await bridgeAddresses(conf.bridge);
+function checkGateways(conf: NetConf, expected: { address: string; gateway?: string }[]): void {
+  const present = bridgeAddresses(conf.bridge);
   for (const ip of expected) {
     if (!ip.gateway) continue;
     const gw = parseIp(ip.gateway)!;
@@ -429,7 +429,6 @@ async function cmdStatus({ env, conf }: Invocation): Promise<void> {
   }
 }
 
-/** Under an agent, the node is ready only once the agent has synced. */
 /**
  * 50 until the node's agent has synced. Once an agent has synced on this
  * boot, its routes and conflist stay in force while it restarts, so an

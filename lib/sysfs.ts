@@ -3,7 +3,7 @@
  * process spawn, and the sysctls a gateway node needs.
  *
  * These paths show the namespace this process runs in (the node's), never
- * a pod's; Pontoon reads pod state through `ip` inside the pod's netns.
+ * a pod's; Pontoon reads pod state over netlink inside the pod's netns.
  * Access goes through libc (see `libc.ts` for why).
  *
  * @module
