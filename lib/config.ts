@@ -410,8 +410,9 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
   if (requestedMac !== undefined && !isMac(requestedMac)) {
     invalid("runtimeConfig.mac", `"${printable(requestedMac)}" is not a unicast MAC address`);
   }
-  const logFile = optString(raw, "logFile");
-  const logProblem = logFile === undefined ? null : logFileProblem(absolutePath("logFile", logFile));
+  const logFileText = optString(raw, "logFile");
+  const logFile = logFileText === undefined ? undefined : absolutePath("logFile", logFileText);
+  const logProblem = logFile === undefined ? null : logFileProblem(logFile);
   if (logProblem) invalid("logFile", `${printable(logFile!)} ${logProblem}`);
   const logLevel = optString(raw, "logLevel");
   if (logLevel !== undefined && !isLogLevel(logLevel)) {
@@ -448,7 +449,7 @@ export function loadNetConf(raw: Record<string, unknown>, options: LoadOptions =
     requestedMac,
     prevResult,
     dns: raw.dns === undefined || raw.dns === null ? undefined : readDns(raw.dns, "dns", invalidConfig),
-    logFile: logFile === undefined ? undefined : absolutePath("logFile", logFile),
+    logFile,
     logLevel: logLevel as LogLevel | undefined,
     agentSocket: agentSocket === undefined ? undefined : absolutePath("agentSocket", agentSocket),
     validAttachments: parseAttachments(raw),
