@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { concatBytes } from "./lib/bytes.ts";
 import { runPlugin } from "./lib/plugin.ts";
 
 /** Reads all of stdin synchronously (faster than a stream for small input). */
@@ -21,13 +22,7 @@ function readStdinSync(): Uint8Array {
     total += n;
     if (total > 16 * 1024 * 1024) break; // no config is this large
   }
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const c of chunks) {
-    out.set(c, offset);
-    offset += c.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 async function pluginMain(): Promise<number> {

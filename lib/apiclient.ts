@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { concatBytes } from "./bytes.ts";
 
 /** The default API socket. */
 export const DEFAULT_API_SOCKET = "/run/pontoon/api.sock";
@@ -32,16 +33,6 @@ function describeConnectError(err: unknown): string {
   return (err as Error).message;
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    out.set(c, offset);
-    offset += c.length;
-  }
-  return out;
-}
-
 function decodeChunked(raw: Uint8Array): Uint8Array {
   const parts: Uint8Array[] = [];
   const text = new TextDecoder("latin1");
@@ -55,7 +46,7 @@ function decodeChunked(raw: Uint8Array): Uint8Array {
     pos = end + 2 + size + 2;
     if (pos >= raw.length) break;
   }
-  return concat(parts);
+  return concatBytes(parts);
 }
 
 /** Parses a complete HTTP/1.1 response. */
@@ -100,7 +91,7 @@ export async function apiRequest(
     const head = `${method} ${path} HTTP/1.1\r\nHost: pontoon\r\nConnection: close\r\n` +
       (options.body !== undefined ? `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n` : "") +
       "\r\n";
-    const request = concat([new TextEncoder().encode(head), body]);
+    const request = concatBytes([new TextEncoder().encode(head), body]);
     for (let sent = 0; sent < request.length;) sent += await conn.write(request.subarray(sent));
     const chunks: Uint8Array[] = [];
     const buf = new Uint8Array(64 * 1024);
@@ -109,7 +100,7 @@ export async function apiRequest(
       if (n === null) break;
       chunks.push(buf.slice(0, n));
     }
-    return parseHttpResponse(concat(chunks));
+    return parseHttpResponse(concatBytes(chunks));
   } catch (err) {
     if (err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted) {
       throw new AgentUnreachableError(socket, "no answer in time");

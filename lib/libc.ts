@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { concatBytes } from "./bytes.ts";
 
 const SYMBOLS = {
   open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
@@ -107,11 +108,18 @@ export class LibcError extends Error {
   }
 }
 
-/** Opens `path` with `flags`; throws LibcError. */
-export function openFd(path: string, flags: number): number {
-  const fd = libc().open(cString(path), flags, 0);
+/** Opens `path` with `flags` (and `mode` for a file it creates); throws LibcError. */
+export function openFd(path: string, flags: number, mode = 0): number {
+  const fd = libc().open(cString(path), flags, mode);
   if (fd < 0) throw new LibcError("open", path, errno());
   return fd;
+}
+
+/** Writes all of `bytes` to `fd` in one call, or throws LibcError naming `path`. */
+function writeAll(fd: number, bytes: Uint8Array<ArrayBuffer>, path: string): void {
+  if (Number(libc().write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
+    throw new LibcError("write", path, errno());
+  }
 }
 
 const O_RDWR_CREAT_CLOEXEC = 0o2000102;
@@ -124,8 +132,7 @@ const EWOULDBLOCK = 11;
  * another open file holds the lock; throws LibcError otherwise.
  */
 export function tryLockFile(path: string): number | null {
-  const fd = libc().open(cString(path), O_RDWR_CREAT_CLOEXEC, 0o600);
-  if (fd < 0) throw new LibcError("open", path, errno());
+  const fd = openFd(path, O_RDWR_CREAT_CLOEXEC, 0o600);
   if (libc().flock(fd, LOCK_EX_NB) === 0) return fd;
   const code = errno();
   libc().close(fd);
@@ -163,15 +170,11 @@ export function readSmallFile(path: string): string | null {
 
 /** Writes `text` to an existing file (a sysctl or sysfs attribute); throws LibcError. */
 export function writeSmallFile(path: string, text: string): void {
-  const c = libc();
   const fd = openFd(path, O_WRONLY);
   try {
-    const bytes = new TextEncoder().encode(text);
-    if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
-      throw new LibcError("write", path, errno());
-    }
+    writeAll(fd, new TextEncoder().encode(text), path);
   } finally {
-    c.close(fd);
+    libc().close(fd);
   }
 }
 
@@ -184,15 +187,11 @@ const O_APPEND_NONBLOCK = 0o1 | 0o100 | 0o400 | 0o2000 | 0o4000 | 0o2000000;
  * one whose reader stalls fails the write (EAGAIN). Throws LibcError.
  */
 export function appendNonBlocking(path: string, bytes: Uint8Array<ArrayBuffer>): void {
-  const c = libc();
-  const fd = c.open(cString(path), O_APPEND_NONBLOCK, 0o600);
-  if (fd < 0) throw new LibcError("open", path, errno());
+  const fd = openFd(path, O_APPEND_NONBLOCK, 0o600);
   try {
-    if (Number(c.write(fd, bytes, BigInt(bytes.length))) !== bytes.length) {
-      throw new LibcError("write", path, errno());
-    }
+    writeAll(fd, bytes, path);
   } finally {
-    c.close(fd);
+    libc().close(fd);
   }
 }
 
@@ -258,13 +257,7 @@ export function unixExchange(path: string, request: Uint8Array<ArrayBuffer>, tim
       chunks.push(buf.slice(0, n));
       total += n;
     }
-    const out = new Uint8Array(total);
-    let offset = 0;
-    for (const chunk of chunks) {
-      out.set(chunk, offset);
-      offset += chunk.length;
-    }
-    return out;
+    return concatBytes(chunks);
   } finally {
     c.close(fd);
   }

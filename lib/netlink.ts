@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { concatBytes } from "./bytes.ts";
 import { type Cidr, formatCidr, type Ip } from "./addr.ts";
 import { errno, errnoText, libc, LibcError } from "./libc.ts";
 
@@ -145,16 +146,6 @@ function ifinfomsg(index: number, flags: number, change: number): Uint8Array {
   return out;
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
-}
-
 /** The bytes of a nested attribute list, for attributes that embed a header first. */
 function attrBytes(attrs: Attr[]): Uint8Array {
   const size = attrs.reduce((n, a) => n + align4(attrLength(a)), 0);
@@ -204,7 +195,7 @@ export class RtnlSocket {
   #exchange(what: string, type: number, flags: number, header: Uint8Array, attrs: Attr[]): Uint8Array[] {
     const c = libc();
     const seq = this.#seq++;
-    const body = concat(header, attrBytes(attrs));
+    const body = concatBytes([header, attrBytes(attrs)]);
     const msg = new Uint8Array(16 + body.length);
     const view = new DataView(msg.buffer);
     view.setUint32(0, msg.length, true);
@@ -374,7 +365,7 @@ export interface VethRequest {
  * mtu M address MAC netns PATH`). Throws NetlinkError (17: exists).
  */
 export function createVeth(sock: RtnlSocket, v: VethRequest): void {
-  const peer = concat(
+  const peer = concatBytes([
     ifinfomsg(0, 0, 0),
     attrBytes([
       [IFLA_IFNAME, cstr(v.pod)],
@@ -382,7 +373,7 @@ export function createVeth(sock: RtnlSocket, v: VethRequest): void {
       [IFLA_ADDRESS, mac(v.podMac)],
       [IFLA_NET_NS_FD, u32(v.netnsFd)],
     ]),
-  );
+  ]);
   sock.request(`create veth ${v.host}`, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifinfomsg(0, IFF_UP, IFF_UP), [
     [IFLA_IFNAME, cstr(v.host)],
     [IFLA_MTU, u32(v.mtu)],
