@@ -161,6 +161,20 @@ async function podPing(ns: Netns, address: string): Promise<boolean> {
   return (await ns.exec(["ping", "-c", "1", "-W", "3", address])).code === 0;
 }
 
+/** For `finally`: a best-effort cnitool DEL of the pod in `ns` (its result ignored), then the netns itself. */
+async function delPodAndNetns(bin: string, net: RuntimeNet, ns: Netns): Promise<void> {
+  await runCnitool({
+    bin,
+    verb: "del",
+    net: net.name,
+    netnsPath: ns.path,
+    confDir: net.confDir,
+    cniPath: net.binDir,
+    cacheDir: net.cacheDir,
+  });
+  await ns.delete();
+}
+
 // ---------------------------------------------------------------------------
 
 runtimeTest(
@@ -271,18 +285,7 @@ runtimeTest(
       assert.deepEqual(held(net), { ips: [], attachments: [] });
       assert.deepEqual(await bridgePorts(net.bridge), []);
     } finally {
-      for (const ns of namespaces) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      for (const ns of namespaces) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -311,18 +314,7 @@ runtimeTest(
         assert.deepEqual(held(net), { ips: [], attachments: [] }, version);
       }
     } finally {
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -411,18 +403,7 @@ runtimeTest(
         } catch { /* gone */ }
         await httpd.status;
       }
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -488,18 +469,7 @@ runtimeTest(
       assert.ok(!(await linkExists(hostVeth)), "host veth left after DEL");
       assert.deepEqual(held(net), { ips: [], attachments: [] });
     } finally {
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       if (ifb) await deleteLink(ifb);
       await net.cleanup();
     }
