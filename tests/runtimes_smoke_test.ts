@@ -5,6 +5,7 @@
  *
  * Run: deno test -A tests/runtimes_smoke_test.ts (as root).
  */
+import assert from "node:assert/strict";
 import {
   buildCnitool,
   cleanupPortmap,
@@ -36,36 +37,6 @@ import {
 } from "./runtimes.ts";
 
 const REFERENCE_PLUGINS = "/usr/lib/cni";
-
-// Minimal assertions (no jsr:@std here, and node:assert needs @types/node).
-const assert = {
-  ok(cond: unknown, msg = "assertion failed"): void {
-    if (!cond) throw new Error(msg);
-  },
-  equal(actual: unknown, expected: unknown, msg?: string): void {
-    if (actual !== expected) {
-      throw new Error(
-        `${msg ?? "not equal"}: ${JSON.stringify(actual)} !== ${JSON.stringify(expected)}`,
-      );
-    }
-  },
-  notEqual(actual: unknown, expected: unknown, msg?: string): void {
-    if (actual === expected) {
-      throw new Error(`${msg ?? "equal"}: ${JSON.stringify(actual)}`);
-    }
-  },
-  deepEqual(actual: unknown, expected: unknown, msg?: string): void {
-    const a = JSON.stringify(actual);
-    const e = JSON.stringify(expected);
-    if (a !== e) throw new Error(`${msg ?? "not deep-equal"}: ${a} !== ${e}`);
-  },
-  match(text: string, re: RegExp, msg?: string): void {
-    if (!re.test(text)) throw new Error(`${msg ?? `no match for ${re}`}: ${text}`);
-  },
-  doesNotMatch(text: string, re: RegExp, msg?: string): void {
-    if (re.test(text)) throw new Error(`${msg ?? `unexpected ${re}`}: ${text}`);
-  },
-};
 
 /** Registers a test that is skipped (with a message) when binaries are absent. */
 function smokeTest(
