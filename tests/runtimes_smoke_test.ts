@@ -65,6 +65,21 @@ function smokeTest(
   });
 }
 
+/** A unique reference-plugin network: temp dir, name, bridge, free subnet, and the dirs under the temp dir. */
+async function smokeNet(namePrefix: string) {
+  const tmp = await makeTempDir();
+  return {
+    tmp,
+    net: uniqueName(namePrefix, 20),
+    bridge: uniqueName("ptb"),
+    ...(await freeSubnet()),
+    dataDir: `${tmp}/ipam`,
+    confDir: `${tmp}/conf`,
+    cacheDir: `${tmp}/cache`,
+    binDir: await makeCniBinDir(`${tmp}/bin`),
+  };
+}
+
 /** A bridge + host-local conflist on a private bridge and IPAM data dir. */
 function bridgeConflist(
   o: {
@@ -135,14 +150,9 @@ smokeTest(
   ["go", "ip", "iptables", "tc", "busybox"],
   async () => {
     const bin = await buildCnitool();
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptsmoke-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, gateway, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const cacheDir = `${tmp}/cache`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, gateway, prefix, dataDir, confDir, cacheDir, binDir } = await smokeNet(
+      "ptsmoke-",
+    );
     let ns: Netns | undefined;
     let ifb: string | undefined;
     const hostPort = freePort();
@@ -297,14 +307,7 @@ smokeTest(
   ["go", "ip", "iptables"],
   async () => {
     const bin = await buildCnitool();
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptgc-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const cacheDir = `${tmp}/cache`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, dataDir, confDir, cacheDir, binDir } = await smokeNet("ptgc-");
     const namespaces: Netns[] = [];
     try {
       await writeConflist(
@@ -463,13 +466,7 @@ smokeTest(
   "podman: two busybox containers on a CNI network ping each other; rm releases IPs",
   ["podman", "runc", "conmon", "ip", "tar", "busybox"],
   async () => {
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptpod-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, prefix, dataDir, confDir, binDir } = await smokeNet("ptpod-");
     let env: PodmanEnv | undefined;
     try {
       env = await podmanEnv(tmp, {
@@ -547,13 +544,7 @@ smokeTest(
     "busybox",
   ],
   async () => {
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptctr-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, prefix, dataDir, confDir, binDir } = await smokeNet("ptctr-");
     let cd: Containerd | undefined;
     let child: Deno.ChildProcess | undefined;
     try {
