@@ -22,18 +22,9 @@ import {
   type SimNode,
 } from "./cluster.ts";
 import { KubeApiServer, makeTestPki, testNode } from "./kubeapi.ts";
-import { buildCnitool } from "./runtimes.ts";
+import { buildCnitool, exists } from "./runtimes.ts";
 
 const CONFLIST = "10-pontoon.conflist";
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The tcpdump filter for an ICMP (v4) or ICMPv6 echo request sent from `src`. */
 function echoFrom(src: string): string {

@@ -70,6 +70,16 @@ export function which(name: string): string | null {
   return null;
 }
 
+/** True when `path` exists (following symlinks). */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Returns the names in `names` that {@link which} cannot find. */
 export function missingBinaries(names: string[]): string[] {
   return names.filter((n) => which(n) === null);

@@ -14,6 +14,7 @@ import {
   containerdImportBusybox,
   createNetns,
   deleteLink,
+  exists,
   freePort,
   freeSubnet,
   hostLocalAllocations,
@@ -46,14 +47,7 @@ function smokeTest(
 ): void {
   const missing = missingBinaries(bins);
   const plugins = ["bridge", "host-local", "portmap", "bandwidth", "tuning"]
-    .filter((p) => {
-      try {
-        Deno.statSync(`${REFERENCE_PLUGINS}/${p}`);
-        return false;
-      } catch {
-        return true;
-      }
-    });
+    .filter((p) => !exists(`${REFERENCE_PLUGINS}/${p}`));
   const absent = [...missing, ...plugins.map((p) => `${REFERENCE_PLUGINS}/${p}`)];
   if (absent.length > 0) {
     console.warn(`SKIP ${name}: missing ${absent.join(", ")}`);

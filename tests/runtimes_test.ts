@@ -20,6 +20,7 @@ import {
   containerdImportBusybox,
   createNetns,
   deleteLink,
+  exists,
   freePort,
   freeSubnet,
   linkExists,
@@ -49,15 +50,6 @@ function runtimeTest(name: string, bins: string[], fn: () => Promise<void>): voi
   const absent = [...missingBinaries(bins), ...plugins.filter((p) => !exists(p))];
   if (absent.length > 0) console.warn(`SKIP ${name}: missing ${absent.join(", ")}`);
   Deno.test({ name, ignore: absent.length > 0, fn });
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A unique Pontoon network: names, subnet, dirs, and the cleanup of all of it. */
