@@ -16,6 +16,7 @@
 import { type ApiNode, KubeApiServer, testNode } from "./kubeapi.ts";
 import { type Cidr, overlaps, parseCidr } from "../lib/addr.ts";
 import { agentGet } from "../lib/agentclient.ts";
+import { outputWithin } from "./runtimes.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 /** The built launcher under test. */
@@ -30,7 +31,10 @@ export interface Output {
 }
 
 /** Runs a command (argument array, no shell); never throws on a non-zero exit. */
-export async function exec(args: string[], options: { env?: Record<string, string>; timeoutMs?: number } = {}) {
+export function exec(
+  args: string[],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<Output> {
   const child = new Deno.Command(args[0], {
     args: args.slice(1),
     env: options.env,
@@ -38,14 +42,7 @@ export async function exec(args: string[], options: { env?: Record<string, strin
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, options.timeoutMs ?? 60_000);
-  const out = await child.output();
-  clearTimeout(timer);
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) } as Output;
+  return outputWithin(child, options.timeoutMs ?? 60_000);
 }
 
 /** Runs a command and throws with its stderr when it fails. */

@@ -15,6 +15,20 @@ function tempDir(): string {
   return Deno.makeTempDirSync({ prefix: "pontoon-install-" });
 }
 
+/**
+ * Asserts `<bin>/pontoon` is a symlink into a complete set (launcher, deno,
+ * bundle) and that the installed copy runs `version`. Returns the link and
+ * the set's directory.
+ */
+async function assertWorkingSet(bin: string): Promise<{ link: string; set: string }> {
+  const link = Deno.readLinkSync(`${bin}/pontoon`);
+  const set = `${bin}/${link.slice(0, link.lastIndexOf("/"))}`;
+  for (const f of ["pontoon", "deno", "lib/main.js"]) assert.ok(Deno.statSync(`${set}/${f}`).isFile, f);
+  const version = await sh(`${bin}/pontoon`, ["version"]);
+  assert.equal(version.code, 0, version.stderr);
+  return { link, set };
+}
+
 Deno.test("install: the bundle goes in as a set behind a symlink; the installed copy runs; a re-run changes nothing", async () => {
   const dir = tempDir();
   try {
@@ -22,13 +36,9 @@ Deno.test("install: the bundle goes in as a set behind a symlink; the installed 
     const first = await sh(PLUGIN, ["install", "--cni-bin-dir", bin]);
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, /installed .*bin\/pontoon -> .*\.pontoon\/[0-9a-f]{12} \(bundle\)/);
-    const link = Deno.readLinkSync(`${bin}/pontoon`);
+    const { link, set } = await assertWorkingSet(bin);
     assert.match(link, /^\.pontoon\/[0-9a-f]{12}\/pontoon$/);
-    const set = `${bin}/${link.slice(0, link.lastIndexOf("/"))}`;
-    for (const f of ["pontoon", "deno", "lib/main.js"]) assert.ok(Deno.statSync(`${set}/${f}`).isFile, f);
     assert.equal(Deno.statSync(`${set}/deno`).mode! & 0o777, 0o755);
-    const version = await sh(`${bin}/pontoon`, ["version"]);
-    assert.equal(version.code, 0, version.stderr);
     const cniVersion = await sh(`${bin}/pontoon`, [], { stdin: "{}", env: { CNI_COMMAND: "VERSION" } });
     assert.ok(JSON.parse(cniVersion.stdout).supportedVersions.includes("1.1.0"), cniVersion.stdout);
     const again = await sh(PLUGIN, ["install", "--cni-bin-dir", bin]);
@@ -47,11 +57,7 @@ Deno.test("install: runs at once into one bin dir all succeed and leave a comple
     const bin = `${dir}/bin`;
     const runs = await Promise.all(Array.from({ length: 4 }, () => sh(PLUGIN, ["install", "--cni-bin-dir", bin])));
     for (const r of runs) assert.equal(r.code, 0, r.stderr);
-    const link = Deno.readLinkSync(`${bin}/pontoon`);
-    const set = `${bin}/${link.slice(0, link.lastIndexOf("/"))}`;
-    for (const f of ["pontoon", "deno", "lib/main.js"]) assert.ok(Deno.statSync(`${set}/${f}`).isFile, f);
-    const version = await sh(`${bin}/pontoon`, ["version"]);
-    assert.equal(version.code, 0, version.stderr);
+    const { link } = await assertWorkingSet(bin);
     const sets = [...Deno.readDirSync(`${bin}/.pontoon`)].map((e) => e.name).filter((n) => !n.startsWith("."));
     assert.deepEqual(sets, [link.split("/")[1]]);
   } finally {

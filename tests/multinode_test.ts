@@ -22,17 +22,15 @@ import {
   type SimNode,
 } from "./cluster.ts";
 import { KubeApiServer, makeTestPki, testNode } from "./kubeapi.ts";
-import { buildCnitool } from "./runtimes.ts";
+import { buildCnitool, exists } from "./runtimes.ts";
 
 const CONFLIST = "10-pontoon.conflist";
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
+/** The tcpdump filter for an ICMP (v4) or ICMPv6 echo request sent from `src`. */
+function echoFrom(src: string): string {
+  return src.includes(":")
+    ? `icmp6[icmp6type] == icmp6-echo and src host ${src}`
+    : `icmp[icmptype] == icmp-echo and src host ${src}`;
 }
 
 /** A STATUS config pointing at the node's agent, usable before the agent wrote its conflist. */
@@ -142,41 +140,22 @@ Deno.test({
       });
 
       await t.step("the other pod sees the sender's real address (no NAT across nodes)", async () => {
-        for (
-          const [filter, dst] of [[`icmp[icmptype] == icmp-echo and src host ${p1.ip4}`, p2.ip4], [
-            `icmp6[icmp6type] == icmp6-echo and src host ${p1.ip6}`,
-            p2.ip6,
-          ]]
-        ) {
+        for (const [src, dst] of [[p1.ip4, p2.ip4], [p1.ip6, p2.ip6]]) {
+          const filter = echoFrom(src);
           const seen = await capture(p2.netns, "eth0", filter, () => c.ping(p1, dst, 3));
           assert.ok(seen, `${p2.name} saw no packet matching "${filter}"`);
         }
-        const seen3 = await capture(
-          p3.netns,
-          "eth0",
-          `icmp[icmptype] == icmp-echo and src host ${p1.ip4}`,
-          () => c.ping(p1, p3.ip4, 3),
-        );
+        const seen3 = await capture(p3.netns, "eth0", echoFrom(p1.ip4), () => c.ping(p1, p3.ip4, 3));
         assert.ok(seen3, "node 3's pod saw no packet from node 1's pod address");
       });
 
       await t.step("egress leaving the cluster CIDR is masqueraded to the node's address (v4 and v6)", async () => {
         const outside4 = `${c.prefix4}.254`;
         const outside6 = `${c.prefix6}fe`;
-        const seen4 = await capture(
-          null,
-          c.hostLink,
-          `icmp[icmptype] == icmp-echo and src host ${n1.ip4}`,
-          () => c.ping(p1, outside4, 3),
-        );
-        assert.ok(seen4, `the outside saw no IPv4 packet from node 1's address ${n1.ip4}`);
-        const seen6 = await capture(
-          null,
-          c.hostLink,
-          `icmp6[icmp6type] == icmp6-echo and src host ${n1.ip6}`,
-          () => c.ping(p1, outside6, 3),
-        );
-        assert.ok(seen6, `the outside saw no IPv6 packet from node 1's address ${n1.ip6}`);
+        for (const [family, src, dst] of [["IPv4", n1.ip4, outside4], ["IPv6", n1.ip6, outside6]]) {
+          const seen = await capture(null, c.hostLink, echoFrom(src), () => c.ping(p1, dst, 3));
+          assert.ok(seen, `the outside saw no ${family} packet from node 1's address ${src}`);
+        }
       });
 
       await t.step("a route deleted by hand comes back", async () => {

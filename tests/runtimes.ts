@@ -70,6 +70,16 @@ export function which(name: string): string | null {
   return null;
 }
 
+/** True when `path` exists (following symlinks). */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Returns the names in `names` that {@link which} cannot find. */
 export function missingBinaries(names: string[]): string[] {
   return names.filter((n) => which(n) === null);
@@ -557,7 +567,7 @@ export function runCnitool(o: CnitoolRun): Promise<CmdResult> {
   }, o.timeoutMs ?? 60_000);
 }
 
-async function runClean(
+function runClean(
   cmd: string[],
   env: Record<string, string>,
   timeoutMs: number,
@@ -570,6 +580,17 @@ async function runClean(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  return outputWithin(child, timeoutMs);
+}
+
+/**
+ * Waits for a spawned child (stdout and stderr piped) and decodes its
+ * output; SIGKILLs it if it is still running after `timeoutMs`.
+ */
+export async function outputWithin(
+  child: Deno.ChildProcess,
+  timeoutMs: number,
+): Promise<CmdResult> {
   const timer = setTimeout(() => {
     try {
       child.kill("SIGKILL");
@@ -1181,19 +1202,5 @@ export function spawnCtrRunCni(cd: Containerd, o: CtrRunCni): Deno.ChildProcess 
 export async function ctrRunCni(cd: Containerd, o: CtrRunCni): Promise<CmdResult> {
   const child = spawnCtrRunCni(cd, o);
   await child.stdin.close();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, 120_000);
-  try {
-    const out = await child.output();
-    return {
-      code: out.code,
-      stdout: decoder.decode(out.stdout),
-      stderr: decoder.decode(out.stderr),
-    };
-  } finally {
-    clearTimeout(timer);
-  }
+  return outputWithin(child, 120_000);
 }

@@ -5,6 +5,7 @@
  *
  * Run: deno test -A tests/runtimes_smoke_test.ts (as root).
  */
+import assert from "node:assert/strict";
 import {
   buildCnitool,
   cleanupPortmap,
@@ -13,6 +14,7 @@ import {
   containerdImportBusybox,
   createNetns,
   deleteLink,
+  exists,
   freePort,
   freeSubnet,
   hostLocalAllocations,
@@ -37,36 +39,6 @@ import {
 
 const REFERENCE_PLUGINS = "/usr/lib/cni";
 
-// Minimal assertions (no jsr:@std here, and node:assert needs @types/node).
-const assert = {
-  ok(cond: unknown, msg = "assertion failed"): void {
-    if (!cond) throw new Error(msg);
-  },
-  equal(actual: unknown, expected: unknown, msg?: string): void {
-    if (actual !== expected) {
-      throw new Error(
-        `${msg ?? "not equal"}: ${JSON.stringify(actual)} !== ${JSON.stringify(expected)}`,
-      );
-    }
-  },
-  notEqual(actual: unknown, expected: unknown, msg?: string): void {
-    if (actual === expected) {
-      throw new Error(`${msg ?? "equal"}: ${JSON.stringify(actual)}`);
-    }
-  },
-  deepEqual(actual: unknown, expected: unknown, msg?: string): void {
-    const a = JSON.stringify(actual);
-    const e = JSON.stringify(expected);
-    if (a !== e) throw new Error(`${msg ?? "not deep-equal"}: ${a} !== ${e}`);
-  },
-  match(text: string, re: RegExp, msg?: string): void {
-    if (!re.test(text)) throw new Error(`${msg ?? `no match for ${re}`}: ${text}`);
-  },
-  doesNotMatch(text: string, re: RegExp, msg?: string): void {
-    if (re.test(text)) throw new Error(`${msg ?? `unexpected ${re}`}: ${text}`);
-  },
-};
-
 /** Registers a test that is skipped (with a message) when binaries are absent. */
 function smokeTest(
   name: string,
@@ -75,14 +47,7 @@ function smokeTest(
 ): void {
   const missing = missingBinaries(bins);
   const plugins = ["bridge", "host-local", "portmap", "bandwidth", "tuning"]
-    .filter((p) => {
-      try {
-        Deno.statSync(`${REFERENCE_PLUGINS}/${p}`);
-        return false;
-      } catch {
-        return true;
-      }
-    });
+    .filter((p) => !exists(`${REFERENCE_PLUGINS}/${p}`));
   const absent = [...missing, ...plugins.map((p) => `${REFERENCE_PLUGINS}/${p}`)];
   if (absent.length > 0) {
     console.warn(`SKIP ${name}: missing ${absent.join(", ")}`);
@@ -92,6 +57,21 @@ function smokeTest(
     ignore: absent.length > 0,
     fn,
   });
+}
+
+/** A unique reference-plugin network: temp dir, name, bridge, free subnet, and the dirs under the temp dir. */
+async function smokeNet(namePrefix: string) {
+  const tmp = await makeTempDir();
+  return {
+    tmp,
+    net: uniqueName(namePrefix, 20),
+    bridge: uniqueName("ptb"),
+    ...(await freeSubnet()),
+    dataDir: `${tmp}/ipam`,
+    confDir: `${tmp}/conf`,
+    cacheDir: `${tmp}/cache`,
+    binDir: await makeCniBinDir(`${tmp}/bin`),
+  };
 }
 
 /** A bridge + host-local conflist on a private bridge and IPAM data dir. */
@@ -164,14 +144,9 @@ smokeTest(
   ["go", "ip", "iptables", "tc", "busybox"],
   async () => {
     const bin = await buildCnitool();
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptsmoke-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, gateway, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const cacheDir = `${tmp}/cache`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, gateway, prefix, dataDir, confDir, cacheDir, binDir } = await smokeNet(
+      "ptsmoke-",
+    );
     let ns: Netns | undefined;
     let ifb: string | undefined;
     const hostPort = freePort();
@@ -326,14 +301,7 @@ smokeTest(
   ["go", "ip", "iptables"],
   async () => {
     const bin = await buildCnitool();
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptgc-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const cacheDir = `${tmp}/cache`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, dataDir, confDir, cacheDir, binDir } = await smokeNet("ptgc-");
     const namespaces: Netns[] = [];
     try {
       await writeConflist(
@@ -492,13 +460,7 @@ smokeTest(
   "podman: two busybox containers on a CNI network ping each other; rm releases IPs",
   ["podman", "runc", "conmon", "ip", "tar", "busybox"],
   async () => {
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptpod-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, prefix, dataDir, confDir, binDir } = await smokeNet("ptpod-");
     let env: PodmanEnv | undefined;
     try {
       env = await podmanEnv(tmp, {
@@ -576,13 +538,7 @@ smokeTest(
     "busybox",
   ],
   async () => {
-    const tmp = await makeTempDir();
-    const net = uniqueName("ptctr-", 20);
-    const bridge = uniqueName("ptb");
-    const { subnet, prefix } = await freeSubnet();
-    const dataDir = `${tmp}/ipam`;
-    const confDir = `${tmp}/conf`;
-    const binDir = await makeCniBinDir(`${tmp}/bin`);
+    const { tmp, net, bridge, subnet, prefix, dataDir, confDir, binDir } = await smokeNet("ptctr-");
     let cd: Containerd | undefined;
     let child: Deno.ChildProcess | undefined;
     try {

@@ -20,6 +20,7 @@ import {
   containerdImportBusybox,
   createNetns,
   deleteLink,
+  exists,
   freePort,
   freeSubnet,
   linkExists,
@@ -49,15 +50,6 @@ function runtimeTest(name: string, bins: string[], fn: () => Promise<void>): voi
   const absent = [...missingBinaries(bins), ...plugins.filter((p) => !exists(p))];
   if (absent.length > 0) console.warn(`SKIP ${name}: missing ${absent.join(", ")}`);
   Deno.test({ name, ignore: absent.length > 0, fn });
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A unique Pontoon network: names, subnet, dirs, and the cleanup of all of it. */
@@ -159,6 +151,20 @@ async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 1
 
 async function podPing(ns: Netns, address: string): Promise<boolean> {
   return (await ns.exec(["ping", "-c", "1", "-W", "3", address])).code === 0;
+}
+
+/** For `finally`: a best-effort cnitool DEL of the pod in `ns` (its result ignored), then the netns itself. */
+async function delPodAndNetns(bin: string, net: RuntimeNet, ns: Netns): Promise<void> {
+  await runCnitool({
+    bin,
+    verb: "del",
+    net: net.name,
+    netnsPath: ns.path,
+    confDir: net.confDir,
+    cniPath: net.binDir,
+    cacheDir: net.cacheDir,
+  });
+  await ns.delete();
 }
 
 // ---------------------------------------------------------------------------
@@ -271,18 +277,7 @@ runtimeTest(
       assert.deepEqual(held(net), { ips: [], attachments: [] });
       assert.deepEqual(await bridgePorts(net.bridge), []);
     } finally {
-      for (const ns of namespaces) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      for (const ns of namespaces) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -311,18 +306,7 @@ runtimeTest(
         assert.deepEqual(held(net), { ips: [], attachments: [] }, version);
       }
     } finally {
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -411,18 +395,7 @@ runtimeTest(
         } catch { /* gone */ }
         await httpd.status;
       }
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       await net.cleanup();
     }
   },
@@ -488,18 +461,7 @@ runtimeTest(
       assert.ok(!(await linkExists(hostVeth)), "host veth left after DEL");
       assert.deepEqual(held(net), { ips: [], attachments: [] });
     } finally {
-      if (ns) {
-        await runCnitool({
-          bin,
-          verb: "del",
-          net: net.name,
-          netnsPath: ns.path,
-          confDir: net.confDir,
-          cniPath: net.binDir,
-          cacheDir: net.cacheDir,
-        });
-        await ns.delete();
-      }
+      if (ns) await delPodAndNetns(bin, net, ns);
       if (ifb) await deleteLink(ifb);
       await net.cleanup();
     }
